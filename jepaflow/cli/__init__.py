@@ -1,0 +1,1 @@
+"""The `jepaflow` command line (typer)."""

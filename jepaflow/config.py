@@ -1,0 +1,307 @@
+"""Recipes: YAML files mirrored one to one by pydantic models.
+
+A recipe has engine sections (``optim``, ``train``, ``probe``) whose models live here, and plugin sections
+(``data``, ``encoder``, ``predictor``, ``masker``, ``target_updater``, ``objective``) that hold ``name:`` plus
+the fields of that plugin's own ``Config`` model. :func:`load_recipe` validates everything and reports every
+problem at once, each with its YAML path, before any tensor exists.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from jepaflow.errors import PluginError, RecipeError
+from jepaflow.registry import Registry, default_registry
+
+#: recipe section -> plugin kind
+PLUGIN_SECTIONS: dict[str, str] = {
+    "data": "dataset",
+    "encoder": "encoder",
+    "predictor": "predictor",
+    "masker": "masker",
+    "target_updater": "target_updater",
+    "objective": "objective",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OptimConfig(_Strict):
+    """AdamW with per-step schedules (I-JEPA, Assran et al. 2023, appendix; facebookresearch/ijepa
+    ``src/helper.py:init_opt``). Epoch-valued fields are converted to steps with the loader's length."""
+
+    epochs: int = Field(300, ge=1, description="training length in epochs")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate, reached after warmup")
+    start_lr: float = Field(2e-4, ge=0, description="learning rate at step 0 of the linear warmup")
+    final_lr: float = Field(1e-6, ge=0, description="learning rate at the end of the cosine decay")
+    warmup_epochs: float = Field(40, ge=0, description="linear warmup length in epochs")
+    weight_decay: float = Field(0.04, ge=0, description="weight decay at step 0 (cosine schedule)")
+    final_weight_decay: float = Field(0.4, ge=0, description="weight decay at the end of the schedule")
+    ipe_scale: float = Field(
+        1.0, gt=0, description="schedules span ipe_scale x the run (official code's 'ipe_scale'; 1.0 = the run)"
+    )
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
+    grad_clip: float | None = Field(None, gt=0, description="clip the global grad norm to this (None: off)")
+    accum_steps: int = Field(1, ge=1, description="micro-batches accumulated per optimizer step")
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> OptimConfig:
+        if self.warmup_epochs > self.epochs * self.ipe_scale:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) is longer than the run ({self.epochs} epochs)")
+        return self
+
+
+class TrainConfig(_Strict):
+    """Engine settings: batching, precision, checkpoints, logging."""
+
+    batch_size: int = Field(2048, ge=1, description="global batch per optimizer step (all ranks x accum_steps)")
+    num_workers: int = Field(4, ge=0, description="DataLoader worker processes per rank")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU (bf16 needs no GradScaler)"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (schedules keep the full length)")
+    checkpoint_every_steps: int | None = Field(None, ge=1, description="also checkpoint every N steps")
+    checkpoint_every_epochs: int = Field(1, ge=1, description="checkpoint at the end of every N epochs")
+    keep_epoch_checkpoints: bool = Field(False, description="keep a copy per checkpointed epoch besides last.pt")
+    log_every: int = Field(10, ge=1, description="steps between metric lines (the only host syncs)")
+    progress: bool = Field(True, description="show a rich progress bar on rank 0")
+    pin_memory: bool = Field(True, description="pin host memory when training on CUDA")
+
+
+class ProbeConfig(_Strict):
+    """Frozen-feature probe run at the end of training (and by ``jepaflow probe``)."""
+
+    enabled: bool = Field(False, description="run the probe after training")
+    kinds: list[Literal["knn", "linear"]] = Field(["knn", "linear"], description="which probes")
+    train_samples: int | None = Field(None, ge=1, description="cap on labelled train images (None: all)")
+    test_samples: int | None = Field(None, ge=1, description="cap on test images (None: all)")
+    knn_k: int = Field(20, ge=1, description="neighbours for the kNN probe (cosine similarity, vote weighted)")
+    knn_temperature: float = Field(0.07, gt=0, description="kNN vote temperature (Wu et al. 2018)")
+    linear_epochs: int = Field(100, ge=1, description="full-batch L-BFGS/AdamW epochs of the linear probe")
+    linear_lr: float = Field(1e-2, gt=0, description="linear probe learning rate")
+    linear_weight_decay: float = Field(1e-4, ge=0, description="linear probe weight decay")
+    batch_size: int = Field(256, ge=1, description="feature extraction batch size")
+
+
+class RecipeModel(_Strict):
+    """The whole recipe as written: plugin sections are kept as dicts here and validated against their
+    plugin's own model by :func:`load_recipe`."""
+
+    seed: int = Field(0, description="seed of everything: init, data order, crops, masks")
+    output_dir: str = Field("runs/run", description="run folder: checkpoints, metrics, plots, resolved recipe")
+    data: dict[str, Any]
+    encoder: dict[str, Any] | None = None
+    predictor: dict[str, Any] | None = None
+    masker: dict[str, Any] | None = None
+    target_updater: dict[str, Any] | None = None
+    objective: dict[str, Any]
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    probe: ProbeConfig = ProbeConfig()
+
+
+@dataclass(frozen=True)
+class Component:
+    """A validated plugin section: which plugin, its class, and its typed config."""
+
+    kind: str
+    name: str
+    cls: Any
+    config: Any
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe: engine sections typed, plugin sections resolved to their classes and configs."""
+
+    seed: int
+    output_dir: str
+    optim: OptimConfig
+    train: TrainConfig
+    probe: ProbeConfig
+    components: dict[str, Component]  # recipe section -> component
+    source: str | None = None
+
+    def component(self, section: str) -> Component | None:
+        return self.components.get(section)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved recipe (defaults filled in), in the YAML layout; round-trips through load_recipe."""
+        out: dict[str, Any] = {"seed": self.seed, "output_dir": self.output_dir}
+        for section, comp in self.components.items():
+            out[section] = {"name": comp.name, **comp.config.model_dump(mode="json")}
+        out["optim"] = self.optim.model_dump(mode="json")
+        out["train"] = self.train.model_dump(mode="json")
+        out["probe"] = self.probe.model_dump(mode="json")
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ------------------------------------------------------------------------------------------------ overrides
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--set a.b.c=value`` overrides (``value`` parsed as YAML) to a copy of ``raw``."""
+    out = copy.deepcopy(raw)
+    issues: list[tuple[str, str]] = []
+    for item in overrides:
+        if "=" not in item:
+            issues.append((item, "an override is PATH=VALUE, e.g. optim.lr=0.001"))
+            continue
+        path, _, value_text = item.partition("=")
+        keys = [k for k in path.strip().split(".") if k]
+        if not keys:
+            issues.append((item, "empty path"))
+            continue
+        try:
+            value = yaml.safe_load(value_text)
+        except yaml.YAMLError as exc:
+            issues.append((path, f"value {value_text!r} is not valid YAML ({exc.__class__.__name__})"))
+            continue
+        node = out
+        for i, key in enumerate(keys[:-1]):
+            nxt = node.get(key)
+            if nxt is None:
+                nxt = node[key] = {}
+            if not isinstance(nxt, dict):
+                issues.append((".".join(keys[: i + 1]), "is not a section, cannot set a field under it"))
+                break
+            node = nxt
+        else:
+            node[keys[-1]] = value
+    if issues:
+        raise RecipeError(issues, source="--set")
+    return out
+
+
+def _loc(prefix: str, loc: tuple[Any, ...]) -> str:
+    parts = [prefix] if prefix else []
+    for p in loc:
+        parts.append(f"[{p}]" if isinstance(p, int) else str(p))
+    return ".".join(parts).replace(".[", "[")
+
+
+def _pydantic_issues(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    out = []
+    for err in exc.errors():
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif err["type"] == "literal_error" and "expected" in err.get("ctx", {}):
+            msg = f"must be one of {err['ctx']['expected']}"
+        if err["type"] != "missing" and "input" in err and not isinstance(err["input"], dict):
+            msg += f" (got {err['input']!r})"
+        out.append((_loc(prefix, err["loc"]) or "<root>", msg))
+    return out
+
+
+def _unknown_field_hint(section: str, cls: Any, issues: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    allowed = ", ".join(cls.Config.model_fields)
+    return [(p, f"{m}; {section} fields are: name, {allowed}") if m == "unknown field" else (p, m) for p, m in issues]
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError([("<file>", f"no recipe at {str(p)!r}")], source=str(p))
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "?"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError([(f"<yaml {where}>", f"not valid YAML: {problem}")], source=str(p)) from None
+    if not isinstance(raw, dict):
+        raise RecipeError([("<root>", "a recipe is a YAML mapping (section: {...})")], source=str(p))
+    return raw
+
+
+def load_recipe(
+    path_or_dict: str | Path | dict[str, Any],
+    overrides: list[str] | None = None,
+    registry: Registry | None = None,
+) -> Recipe:
+    """Read, override and validate a recipe; raise one :class:`RecipeError` listing every problem."""
+    registry = registry or default_registry()
+    if isinstance(path_or_dict, dict):
+        raw, source = copy.deepcopy(path_or_dict), None
+    else:
+        raw, source = read_yaml(path_or_dict), str(path_or_dict)
+    raw = apply_overrides(raw, overrides or [])
+
+    issues: list[tuple[str, str]] = []
+    # Engine sections first (plugin sections only need to be mappings here).
+    try:
+        model = RecipeModel.model_validate(raw)
+    except ValidationError as exc:
+        issues.extend(_pydantic_issues(exc))
+        model = None
+
+    components: dict[str, Component] = {}
+    for section, kind in PLUGIN_SECTIONS.items():
+        body = raw.get(section)
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            continue  # already reported by RecipeModel
+        name = body.get("name")
+        if not isinstance(name, str):
+            known = ", ".join(registry.names(kind)) or "none installed"
+            issues.append((f"{section}.name", f"missing: name the {kind} plugin to use ({known})"))
+            continue
+        try:
+            cls = registry.get(kind, name)
+        except PluginError as exc:
+            issues.append((f"{section}.name", str(exc).replace("\n  fix:", "; fix:")))
+            continue
+        fields = {k: v for k, v in body.items() if k != "name"}
+        try:
+            cfg = cls.Config.model_validate(fields)
+        except ValidationError as exc:
+            issues.extend(_unknown_field_hint(section, cls, _pydantic_issues(exc, prefix=section)))
+            continue
+        components[section] = Component(kind=kind, name=name, cls=cls, config=cfg)
+
+    objective = components.get("objective")
+    if objective is not None:
+        for needed in sorted(objective.cls.requires):
+            if needed not in PLUGIN_SECTIONS:
+                issues.append(("objective.name", f"plugin {objective.name!r} requires unknown section {needed!r}"))
+            elif raw.get(needed) is None:
+                kind = PLUGIN_SECTIONS[needed]
+                known = ", ".join(registry.names(kind)) or "none installed"
+                issues.append((needed, f"missing: objective {objective.name!r} needs a {kind} ({known})"))
+
+    # Cross-section agreement, by field-name convention (no plugin is named here).
+    enc, data = components.get("encoder"), components.get("data")
+    if enc is not None and data is not None:
+        for enc_field, data_field in (("img_size", "image_size"), ("in_chans", "channels")):
+            a, b = getattr(enc.config, enc_field, None), getattr(data.config, data_field, None)
+            if a is not None and b is not None and a != b:
+                issues.append((f"encoder.{enc_field}", f"is {a} but data.{data_field} is {b}; they must agree"))
+
+    if model is not None and model.train.batch_size % model.optim.accum_steps != 0:
+        issues.append(("train.batch_size", f"must be a multiple of optim.accum_steps ({model.optim.accum_steps})"))
+
+    if issues or model is None:
+        raise RecipeError(issues, source=source)
+    return Recipe(
+        seed=model.seed,
+        output_dir=model.output_dir,
+        optim=model.optim,
+        train=model.train,
+        probe=model.probe,
+        components=components,
+        source=source,
+    )

@@ -1,0 +1,1 @@
+"""The engine: training loop, schedules, checkpoints, distributed setup, logging. Imports no method."""

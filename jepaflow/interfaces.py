@@ -1,0 +1,247 @@
+"""The five interfaces the engine talks to.
+
+The engine (``jepaflow.engine``) knows these classes and nothing else about a method. A method is an
+:class:`Objective` plus the components it declares in :attr:`Objective.requires`; each component kind is a
+plugin group (``jepaflow.encoders``, ``jepaflow.predictors``, ``jepaflow.maskers``,
+``jepaflow.target_updaters``, ``jepaflow.objectives``, ``jepaflow.datasets``).
+
+Every plugin class carries a pydantic ``Config`` model (its fields are what a recipe may set under the
+plugin's section) and is constructed as ``PluginClass(config, **context)``, where ``context`` is the small,
+documented set of keyword arguments of its kind (see each base class). Constructors never see the recipe tree.
+
+Shapes used throughout: ``B`` batch, ``N`` patches in the grid (``H_p * W_p``), ``K`` kept patches,
+``M`` target blocks, ``D`` embedding width.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+
+class PluginConfig(BaseModel):
+    """Base of every plugin's config model: unknown fields are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Data carried from the DataLoader to the objective
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MaskBatch:
+    """Patch indices produced by a :class:`Masker` for one batch.
+
+    Attributes:
+        context: ``(B, K_ctx)`` int64 indices (row-major over the patch grid) the context encoder sees.
+        targets: ``(B, M, K_tgt)`` int64 indices of the ``M`` target blocks.
+        context_valid: ``(B, K_ctx)`` bool, False where ``context`` is padding; ``None`` means all valid.
+        targets_valid: ``(B, M, K_tgt)`` bool, False where ``targets`` is padding; ``None`` means all valid.
+
+    Padding entries hold a valid index (0) so that gathers never go out of range; consumers must honour the
+    ``*_valid`` masks (attention masks for the context, loss weights for the targets).
+    """
+
+    context: Tensor
+    targets: Tensor
+    context_valid: Tensor | None = None
+    targets_valid: Tensor | None = None
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> MaskBatch:
+        return replace(
+            self,
+            **{
+                f.name: (v.to(device, non_blocking=non_blocking) if isinstance(v, Tensor) else v)
+                for f in fields(self)
+                for v in [getattr(self, f.name)]
+            },
+        )
+
+
+@dataclass
+class Batch:
+    """One training batch, as collated by the engine.
+
+    Attributes:
+        images: ``(B, C, H, W)`` float images, normalized.
+        labels: ``(B,)`` int64 labels when the data set has them (never used for training), else ``None``.
+        masks: the masker's output when the recipe has a masker, else ``None``.
+        extras: free room for plugins of future kinds (views, ...), moved to the device with the batch.
+    """
+
+    images: Tensor
+    labels: Tensor | None = None
+    masks: MaskBatch | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        def move(v: Any) -> Any:
+            if isinstance(v, (Tensor, MaskBatch)):
+                return v.to(device, non_blocking=non_blocking)
+            return v
+
+        return Batch(
+            images=move(self.images),
+            labels=move(self.labels),
+            masks=move(self.masks),
+            extras={k: move(v) for k, v in self.extras.items()},
+        )
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+@dataclass
+class ObjectiveOutput:
+    """What :meth:`Objective.forward` returns.
+
+    ``loss`` is a scalar tensor to back-propagate. ``metrics`` are detached scalar tensors (left on the
+    device: the engine reads them only every ``log_every`` steps, so that no step waits on the host).
+    """
+
+    loss: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Interfaces
+# --------------------------------------------------------------------------------------------------------------
+
+
+class Plugin:
+    """Mixin shared by every plugin class: a ``Config`` model and a one-line ``summary`` for the CLI."""
+
+    Config: ClassVar[type[PluginConfig]] = PluginConfig
+
+
+class Encoder(nn.Module, Plugin, abc.ABC):
+    """Maps images to patch tokens.
+
+    Constructed as ``EncoderClass(config)``.
+
+    ``forward(images, keep=None, keep_valid=None)``:
+        images: ``(B, C, H, W)``.
+        keep: ``(B, K)`` int64 patch indices to keep (the context), or ``None`` for all ``N`` patches.
+        keep_valid: ``(B, K)`` bool, False for padded entries of ``keep`` (masked out of attention).
+        returns: ``(B, K, D)`` tokens (``(B, N, D)`` when ``keep`` is None), after the final norm.
+    """
+
+    embed_dim: int
+    patch_size: int
+    grid_size: tuple[int, int]
+    in_chans: int
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    @abc.abstractmethod
+    def forward(self, images: Tensor, keep: Tensor | None = None, keep_valid: Tensor | None = None) -> Tensor:
+        ...
+
+    def forward_layers(self, images: Tensor, layers: int) -> list[Tensor]:
+        """The outputs ``(B, N, D)`` of the last ``layers`` blocks (before the final norm), for methods whose
+        targets use intermediate layers. Encoders that cannot expose them raise TypeError."""
+        raise TypeError(f"{type(self).__name__} does not expose intermediate layers")
+
+
+class Predictor(nn.Module, Plugin, abc.ABC):
+    """Predicts target-position representations from context tokens.
+
+    Constructed as ``PredictorClass(config, encoder=encoder)``: it reads ``encoder.embed_dim``,
+    ``encoder.grid_size`` and, when present, ``encoder.num_heads``.
+
+    ``forward(context_tokens, context_idx, target_idx, context_valid=None)``:
+        context_tokens: ``(B, K_ctx, D_enc)`` encoder outputs at ``context_idx``.
+        context_idx: ``(B, K_ctx)`` int64.
+        target_idx: ``(B, M, K_tgt)`` int64: ``M`` target blocks, each predicted in its own sequence.
+        context_valid: ``(B, K_ctx)`` bool or None.
+        returns: ``(B, M, K_tgt, D_out)`` predictions (``D_out`` is ``out_dim``, the encoder width by default).
+    """
+
+    out_dim: int
+
+    @abc.abstractmethod
+    def forward(
+        self,
+        context_tokens: Tensor,
+        context_idx: Tensor,
+        target_idx: Tensor,
+        context_valid: Tensor | None = None,
+    ) -> Tensor:
+        ...
+
+
+class Masker(Plugin, abc.ABC):
+    """Samples context and target patch indices for a batch.
+
+    Constructed as ``MaskerClass(config)``. Runs inside the DataLoader's collate function (so on CPU, in
+    worker processes); the engine passes a generator seeded from (recipe seed, rank, global step), which makes
+    the masks of a step the same whatever the number of workers and after a resume.
+
+    ``__call__(batch_size, grid_size, generator) -> MaskBatch``
+    """
+
+    @abc.abstractmethod
+    def __call__(self, batch_size: int, grid_size: tuple[int, int], generator: torch.Generator) -> MaskBatch:
+        ...
+
+
+class TargetUpdater(Plugin, abc.ABC):
+    """Updates a target network from its online counterpart after every optimizer step.
+
+    Constructed as ``TargetUpdaterClass(config)``. The engine calls ``update`` with the pairs returned by
+    :meth:`Objective.target_pairs`, the 0-based index of the step just taken and the schedule length.
+
+    ``update(pairs, step, total_steps) -> dict[str, float]`` returns scalars to log (e.g. the momentum).
+    """
+
+    @abc.abstractmethod
+    def update(self, pairs: list[tuple[nn.Module, nn.Module]], step: int, total_steps: int) -> dict[str, float]:
+        ...
+
+
+class Objective(nn.Module, Plugin, abc.ABC):
+    """A self-supervised method: owns its modules, computes the loss of a batch.
+
+    Constructed as ``ObjectiveClass(config, encoder=..., predictor=...)``, with exactly the module components
+    named in :attr:`requires` (``"encoder"``, ``"predictor"``) passed as keyword arguments. Components that are
+    not modules (``"masker"``, ``"target_updater"``) are used by the engine around the objective; declaring them
+    makes the recipe validator demand the matching recipe section.
+    """
+
+    #: recipe sections this method needs, checked before anything is built.
+    requires: ClassVar[frozenset[str]] = frozenset({"encoder"})
+
+    @abc.abstractmethod
+    def forward(self, batch: Batch) -> ObjectiveOutput:
+        ...
+
+    def target_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """``(online, target)`` module pairs for the :class:`TargetUpdater`; empty when there is none."""
+        return []
+
+    @abc.abstractmethod
+    def representation_encoder(self) -> Encoder:
+        """The encoder whose features are evaluated by the probes (I-JEPA: the target encoder)."""
+
+
+class Dataset(torch.utils.data.Dataset, Plugin, abc.ABC):
+    """An image data set.
+
+    Constructed as ``DatasetClass(config, split=split, augment=augment)``: ``split`` is "train" or "test";
+    ``augment`` True gives the pretraining transform (I-JEPA: RandomResizedCrop only), False a deterministic
+    resize + centre crop (for probes). ``__getitem__(i)`` returns ``(image, label)``: a ``(C, H, W)`` float
+    tensor, normalized, and an int (-1 when the data set has no labels; ``num_classes`` is then None).
+    Unreadable items are skipped and counted in ``skipped`` rather than raising."""
+
+    num_classes: int | None
+    channels: int
+    image_size: int

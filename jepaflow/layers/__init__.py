@@ -1,0 +1,1 @@
+"""Building blocks shared by plugins: one file per family (position embeddings, token gathers, ...)."""

@@ -1,0 +1,1 @@
+"""Masker plugins: (batch size, patch grid) -> context and target indices. Base: jepaflow.interfaces.Masker."""

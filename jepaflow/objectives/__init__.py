@@ -1,0 +1,1 @@
+"""Objective plugins: one self-supervised method each. Base: jepaflow.interfaces.Objective."""

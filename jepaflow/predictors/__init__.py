@@ -1,0 +1,1 @@
+"""Predictor plugins: context tokens -> predictions at target positions. Base: jepaflow.interfaces.Predictor."""

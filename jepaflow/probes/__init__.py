@@ -1,0 +1,1 @@
+"""Frozen-feature probes (kNN, linear) over any Encoder."""
