@@ -158,11 +158,12 @@ class Predictor(nn.Module, Plugin, abc.ABC):
     Constructed as ``PredictorClass(config, encoder=encoder)``: it reads ``encoder.embed_dim``,
     ``encoder.grid_size`` and, when present, ``encoder.num_heads``.
 
-    ``forward(context_tokens, context_idx, target_idx, context_valid=None)``:
+    ``forward(context_tokens, context_idx, target_idx, context_valid=None, target_valid=None)``:
         context_tokens: ``(B, K_ctx, D_enc)`` encoder outputs at ``context_idx``.
         context_idx: ``(B, K_ctx)`` int64.
         target_idx: ``(B, M, K_tgt)`` int64: ``M`` target blocks, each predicted in its own sequence.
-        context_valid: ``(B, K_ctx)`` bool or None.
+        context_valid: ``(B, K_ctx)`` bool or None; padded context tokens are masked out of attention.
+        target_valid: ``(B, M, K_tgt)`` bool or None; padded target queries are masked out as keys.
         returns: ``(B, M, K_tgt, D_out)`` predictions (``D_out`` is ``out_dim``, the encoder width by default).
     """
 
@@ -175,6 +176,7 @@ class Predictor(nn.Module, Plugin, abc.ABC):
         context_idx: Tensor,
         target_idx: Tensor,
         context_valid: Tensor | None = None,
+        target_valid: Tensor | None = None,
     ) -> Tensor:
         ...
 
@@ -227,6 +229,10 @@ class Objective(nn.Module, Plugin, abc.ABC):
     def target_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """``(online, target)`` module pairs for the :class:`TargetUpdater`; empty when there is none."""
         return []
+
+    @abc.abstractmethod
+    def encoders(self) -> dict[str, Encoder]:
+        """The method's encoders by role, e.g. ``{"context": ..., "target": ...}``, for ``load_encoder``."""
 
     @abc.abstractmethod
     def representation_encoder(self) -> Encoder:
