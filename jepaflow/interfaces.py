@@ -64,6 +64,10 @@ class MaskBatch:
             },
         )
 
+    def pin_memory(self) -> MaskBatch:  # called by DataLoader(pin_memory=True)
+        return replace(self, **{f.name: getattr(self, f.name).pin_memory() for f in fields(self)
+                                if isinstance(getattr(self, f.name), Tensor)})
+
 
 @dataclass
 class Batch:
@@ -96,6 +100,14 @@ class Batch:
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def pin_memory(self) -> Batch:  # called by DataLoader(pin_memory=True)
+        return Batch(
+            images=self.images.pin_memory(),
+            labels=None if self.labels is None else self.labels.pin_memory(),
+            masks=None if self.masks is None else self.masks.pin_memory(),
+            extras={k: v.pin_memory() if hasattr(v, "pin_memory") else v for k, v in self.extras.items()},
+        )
 
 
 @dataclass

@@ -1,0 +1,102 @@
+"""I-JEPA: predict the target encoder's representations of several target blocks from one context block.
+
+Assran et al., "Self-Supervised Learning from Images with a Joint-Embedding Predictive Architecture", CVPR 2023
+(arXiv 2301.08243), sec. 3; reference code facebookresearch/ijepa ``src/train.py`` (forward_target,
+forward_context, loss_fn).
+
+Per batch (shapes for B images, N patches, M target blocks of K_tgt patches, a context of K_ctx patches)::
+
+    h = LayerNorm(target_encoder(images))          (B, N, D)     no grad; parameter-free layer norm
+    y = h[targets]                                 (B, M, K_tgt, D)
+    z = encoder(images, keep=context)              (B, K_ctx, D)
+    p = predictor(z, context, targets)             (B, M, K_tgt, D)
+    loss = smooth_l1(p, y)   (official code)   or   (1/M) sum_m sum_j ||p - y||^2   (paper, eq. 1)
+
+The target encoder is a copy of the encoder updated only by the TargetUpdater (EMA).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor
+
+from jepaflow.interfaces import Batch, Encoder, Objective, ObjectiveOutput, PluginConfig, Predictor
+from jepaflow.layers.masking import gather_tokens
+
+
+def ijepa_loss(pred: Tensor, target: Tensor, valid: Tensor | None, kind: str, beta: float = 1.0) -> Tensor:
+    """I-JEPA regression loss between predictions and targets.
+
+    Args:
+        pred, target: ``(B, M, K, D)``.
+        valid: ``(B, M, K)`` bool (False for padded target entries) or None.
+        kind: ``"smooth_l1"``: mean smooth-L1 over every valid element (official code, ``F.smooth_l1_loss``,
+            beta 1); ``"l2"``: the paper's eq. (1), squared L2 distance summed over the patches of a block and
+            averaged over the M blocks (and the batch).
+    """
+    if kind == "smooth_l1":
+        per_elem = F.smooth_l1_loss(pred, target, reduction="none", beta=beta)  # (B, M, K, D)
+        if valid is None:
+            return per_elem.mean()
+        w = valid.unsqueeze(-1).to(per_elem.dtype)
+        return (per_elem * w).sum() / (w.sum() * pred.shape[-1]).clamp_min(1.0)
+    if kind == "l2":
+        per_patch = (pred - target).pow(2).sum(-1)  # (B, M, K)
+        if valid is not None:
+            per_patch = per_patch * valid.to(per_patch.dtype)
+        return per_patch.sum(-1).mean()  # sum over the block, mean over blocks and batch
+    raise ValueError(f"unknown I-JEPA loss {kind!r}")
+
+
+class IJEPAObjective(Objective):
+    """I-JEPA (Assran et al. 2023): context encoder + predictor regress the EMA target encoder's normalized
+    patch representations of the target blocks. Default loss: smooth-L1 as in the official code."""
+
+    class Config(PluginConfig):
+        loss: Literal["smooth_l1", "l2"] = Field(
+            "smooth_l1", description="smooth_l1: official code (default); l2: the paper's eq. (1)"
+        )
+        smooth_l1_beta: float = Field(1.0, gt=0, description="smooth-L1 transition point (official: 1.0)")
+
+    requires: ClassVar[frozenset[str]] = frozenset({"encoder", "predictor", "masker", "target_updater"})
+
+    def __init__(self, config: Config, *, encoder: Encoder, predictor: Predictor):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.predictor = predictor
+        # The target starts as an exact copy (official: copy.deepcopy(encoder)) and never receives gradients.
+        self.target_encoder = copy.deepcopy(encoder)
+        self.target_encoder.requires_grad_(False)
+
+    def forward(self, batch: Batch) -> ObjectiveOutput:
+        masks = batch.masks
+        if masks is None:
+            raise ValueError("I-JEPA needs masks: the recipe must have a masker")
+        with torch.no_grad():
+            h = self.target_encoder(batch.images)  # (B, N, D)
+            h = F.layer_norm(h, (h.shape[-1],))  # parameter-free normalization over the feature dim
+            y = gather_tokens(h, masks.targets)  # (B, M, K_tgt, D)
+        z = self.encoder(batch.images, masks.context, masks.context_valid)  # (B, K_ctx, D)
+        p = self.predictor(z, masks.context, masks.targets, masks.context_valid, masks.targets_valid)
+        loss = ijepa_loss(p.float(), y.float(), masks.targets_valid, self.config.loss, self.config.smooth_l1_beta)
+        with torch.no_grad():
+            # Collapse monitors: the per-dimension std of (unnormalized) context features across the batch.
+            zf = z.detach().float().mean(1)  # (B, D)
+            metrics = {"ctx_feat_std": zf.std(0).mean() if zf.shape[0] > 1 else zf.new_zeros(())}
+        return ObjectiveOutput(loss=loss, metrics=metrics)
+
+    def target_pairs(self):
+        return [(self.encoder, self.target_encoder)]
+
+    def encoders(self) -> dict[str, Encoder]:
+        return {"context": self.encoder, "target": self.target_encoder}
+
+    def representation_encoder(self) -> Encoder:
+        # The I-JEPA paper evaluates the target encoder (sec. 5; official eval code loads 'target_encoder').
+        return self.target_encoder
