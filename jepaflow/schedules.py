@@ -7,7 +7,9 @@ They reproduce facebookresearch/ijepa ``src/utils/schedulers.py`` and the moment
   and apply that shift;
 * the momentum generator yields its first value at step 0, so :func:`momentum_at` is evaluated at ``i``;
 * every schedule spans ``ipe_scale * epochs * iterations_per_epoch`` steps (``ipe_scale`` 1.0 in the official
-  configs), which the caller passes as ``total``.
+  configs), which the caller passes as ``total``;
+* past ``total`` (only reachable with ``ipe_scale < 1``) the cosines stay at their final value; the official
+  formulas would wrap around the cosine instead.
 
 Being pure functions of the step, they need no state in checkpoints: resuming at step ``i`` resumes them exactly.
 """
@@ -21,13 +23,13 @@ def warmup_cosine(s: float, warmup: int, total: int, start: float, peak: float, 
     """Linear warmup from ``start`` to ``peak`` over ``warmup`` steps, then cosine decay to ``final`` at ``total``."""
     if s < warmup:
         return start + (s / max(1, warmup)) * (peak - start)
-    progress = (s - warmup) / max(1, total - warmup)
+    progress = min(1.0, (s - warmup) / max(1, total - warmup))
     return max(final, final + (peak - final) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 def cosine(s: float, total: float, start: float, final: float) -> float:
     """Cosine from ``start`` (s=0) to ``final`` (s=total), clamped at ``final`` past the end."""
-    value = final + (start - final) * 0.5 * (1.0 + math.cos(math.pi * s / total))
+    value = final + (start - final) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, s / total)))
     return max(final, value) if final <= start else min(final, value)
 
 

@@ -1,10 +1,12 @@
 """Deterministic, resumable data loading.
 
-Every random choice of the input pipeline is a function of (recipe seed, global step, position in the batch):
-the epoch's sample order comes from a generator seeded by (seed, epoch), each image's crop from one seeded by
-(seed, step, position), and the masks of a micro-batch from one seeded by (seed, rank, step, micro-batch), drawn
-inside the collate function (so in the worker processes). Hence the batches of step ``s`` are the same whatever
-the number of workers, and a run resumed at step ``s`` sees exactly what an uninterrupted run would have seen.
+Every random choice of the input pipeline is a function of (recipe seed, global step, slot, position), where the
+*slot* ``rank * accum_steps + micro`` numbers the micro-batches of a step across all ranks: the epoch's sample
+order comes from a generator seeded by (seed, epoch), each image's crop from one seeded by (seed, step, slot,
+position), and the masks of a micro-batch from one seeded by (seed, step, slot), drawn inside the collate function
+(so in the worker processes). Hence the batches of step ``s`` are the same whatever the number of workers; a run
+resumed at step ``s`` sees exactly what an uninterrupted run would have seen; and 2 processes x 1 micro-batch see
+the same data and masks as 1 process x 2 accumulated micro-batches.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ def mix_seed(*parts: int) -> int:
 
 
 class SeededItems(torch.utils.data.Dataset):
-    """Wraps a data set: item keys are ``(step, micro, position, index)``; the transform's randomness is seeded by
-    (seed, step, micro, position) without disturbing the process's global RNG."""
+    """Wraps a data set: item keys are ``(step, slot, position, index)``; the transform's randomness is seeded by
+    (seed, step, slot, position) without disturbing the process's global RNG."""
 
     def __init__(self, dataset: Dataset, seed: int):
         self.dataset = dataset
@@ -40,11 +42,11 @@ class SeededItems(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, key: tuple[int, int, int, int]):
-        step, micro, pos, index = key
+        step, slot, pos, index = key
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(mix_seed(self.seed, 1, step, micro, pos))
+            torch.manual_seed(mix_seed(self.seed, 1, step, slot, pos))
             image, label = self.dataset[index]
-        return image, label, step, micro
+        return image, label, step, slot
 
 
 class StepBatchSampler(Sampler):
@@ -69,23 +71,24 @@ class StepBatchSampler(Sampler):
         for s in range(self.start, self.spe):
             step = self.epoch * self.spe + s
             for j in range(self.accum):
-                off = s * self.G + (self.rank * self.accum + j) * self.micro
-                yield [(step, j, p, perm[off + p]) for p in range(self.micro)]
+                slot = self.rank * self.accum + j
+                off = s * self.G + slot * self.micro
+                yield [(step, slot, p, perm[off + p]) for p in range(self.micro)]
 
 
 class MaskingCollator:
     """Stacks images and labels and, when the recipe has a masker, samples the micro-batch's masks."""
 
-    def __init__(self, masker: Masker | None, grid_size: tuple[int, int], seed: int, rank: int):
-        self.masker, self.grid_size, self.seed, self.rank = masker, tuple(grid_size), seed, rank
+    def __init__(self, masker: Masker | None, grid_size: tuple[int, int], seed: int):
+        self.masker, self.grid_size, self.seed = masker, tuple(grid_size), seed
 
     def __call__(self, items) -> Batch:
         images = torch.stack([it[0] for it in items])
         labels = torch.tensor([int(it[1]) for it in items], dtype=torch.long)
-        step, micro = items[0][2], items[0][3]
+        step, slot = items[0][2], items[0][3]
         masks = None
         if self.masker is not None:
-            g = torch.Generator().manual_seed(mix_seed(self.seed, 2, self.rank, step, micro))
+            g = torch.Generator().manual_seed(mix_seed(self.seed, 2, step, slot))
             masks = self.masker(len(items), self.grid_size, g)
         return Batch(images=images, labels=labels, masks=masks)
 

@@ -204,7 +204,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
             sampler = StepBatchSampler(len(dataset), seed=recipe.seed, epoch=epoch, steps_per_epoch=steps_per_epoch,
                                        global_batch=G, world_size=world, rank=info.rank, accum_steps=accum,
                                        start=start)
-            collator = MaskingCollator(masker, grid, recipe.seed, info.rank)
+            collator = MaskingCollator(masker, grid, recipe.seed)
             batches = iter(epoch_loader(dataset, collator, sampler, seed=recipe.seed,
                                         num_workers=t_cfg.num_workers, pin_memory=pin))
             for _ in range(start, steps_per_epoch):
