@@ -23,7 +23,7 @@ class OfficialStyleLR:
 
 def test_lr_matches_official_sequence():
     ref = OfficialStyleLR(warmup=10, start=2e-4, ref=1e-3, final=1e-6, T=50)
-    for i in range(60):
+    for i in range(50):  # the whole schedule (past it the official cosine wraps around; ours stays final)
         assert lr_at(i, 10, 50, 2e-4, 1e-3, 1e-6) == pytest.approx(ref.step(), rel=1e-12)
 
 
