@@ -1,0 +1,315 @@
+"""Vision Transformer encoder with a fixed 2D sin-cos position table and no class token (I-JEPA's encoder).
+
+I-JEPA (Assran et al., CVPR 2023) encodes images with a plain pre-norm ViT (Dosovitskiy et al. 2021) without a
+class token; reference code ``src/models/vision_transformer.py:VisionTransformer`` in facebookresearch/ijepa.
+This module keeps the reference parameter names one to one, so an official checkpoint's ``encoder`` or
+``target_encoder`` state dict loads with ``strict=True``. The transformer blocks are timm's, whose attention
+runs through ``F.scaled_dot_product_attention`` (fused kernels) and accepts a boolean mask, which is how
+padded context indices are kept out of attention.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from timm.models.vision_transformer import Block
+from torch import Tensor, nn
+
+from jepaflow.interfaces import Encoder, PluginConfig
+from jepaflow.layers.masking import gather_tokens
+from jepaflow.layers.pos_embed import sincos_pos_embed_2d
+
+#: size -> (embed_dim, depth, num_heads, mlp_ratio), as the reference's ``vit_tiny`` ... ``vit_giant``.
+VIT_SIZES: dict[str, tuple[int, int, int, float]] = {
+    "tiny": (192, 12, 3, 4.0),
+    "small": (384, 12, 6, 4.0),
+    "base": (768, 12, 12, 4.0),
+    "large": (1024, 24, 16, 4.0),
+    "huge": (1280, 32, 16, 4.0),
+    "giant": (1408, 40, 16, 48 / 11),
+}
+
+#: LayerNorm epsilon of every norm in the reference models (``partial(nn.LayerNorm, eps=1e-6)``).
+LN_EPS = 1e-6
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Pure helpers shared with the predictor
+# ------------------------------------------------------------------------------------------------------------
+
+
+def key_padding_attn_mask(valid: Tensor | None) -> Tensor | None:
+    """SDPA boolean mask that hides padded keys.
+
+    Args:
+        valid: ``(B, L)`` bool, False for padding; or None.
+    Returns:
+        ``(B, 1, 1, L)`` bool (True = may be attended to), broadcast over heads and queries; None for None.
+        Only keys are masked: a padded query still attends to the valid keys, so its (discarded) output stays
+        finite, and valid tokens never see padding.
+    """
+    if valid is None:
+        return None
+    return valid[:, None, None, :].to(torch.bool)
+
+
+def make_blocks(
+    dim: int, depth: int, num_heads: int, mlp_ratio: float, drop_path_rate: float
+) -> nn.ModuleList:
+    """``depth`` pre-norm transformer blocks as in the reference ``Block`` (qkv bias, GELU, LayerNorm
+    eps 1e-6), the stochastic-depth rate growing linearly from 0 to ``drop_path_rate`` (reference ``dpr``).
+    timm's parameter names (``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``)
+    coincide with the reference's."""
+    # plain Python (not torch.linspace) so that building under a `torch.device("meta")` context works
+    rates = [drop_path_rate * i / (depth - 1) for i in range(depth)] if depth > 1 else [0.0] * depth
+    return nn.ModuleList(
+        Block(
+            dim=dim,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=True,
+            drop_path=rate,
+            act_layer=nn.GELU,
+            norm_layer=layer_norm,
+        )
+        for rate in rates
+    )
+
+
+def layer_norm(dim: int, **kwargs) -> nn.LayerNorm:
+    """The reference's norm layer, ``partial(nn.LayerNorm, eps=1e-6)``."""
+    return nn.LayerNorm(dim, eps=LN_EPS, **kwargs)
+
+
+def init_reference_weights(module: nn.Module, std: float) -> None:
+    """The *effective* initialization of the reference models.
+
+    The reference ``VisionTransformer`` / ``VisionTransformerPredictor`` constructors draw every Linear and
+    the patch Conv2d from trunc_normal(std) (bias 0) and then divide ``attn.proj`` and ``mlp.fc2`` of block
+    ``i`` by ``sqrt(2 (i + 1))`` (``fix_init_weight``). But ``src/helper.py:init_model`` then re-initializes
+    every Linear with trunc_normal(0.02), bias 0, and every LayerNorm to 1/0, which undoes that depth
+    rescale. The models trained by the reference therefore start from: Linear trunc_normal(std) / bias 0 (no
+    depth rescale), Conv2d trunc_normal(std) / bias 0, LayerNorm weight 1 / bias 0. That is what this
+    reproduces (the reference re-init hard-codes 0.02 for Linear layers; here ``std`` is used throughout,
+    0.02 by default). The truncation bounds are +-2 in absolute value, as in the reference ``trunc_normal_``
+    (and torch's).
+    """
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.trunc_normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Modules
+# ------------------------------------------------------------------------------------------------------------
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches -> tokens: ``(B, C, H, W) -> (B, (H/p) * (W/p), D)``, row-major over the grid.
+    Reference: ``PatchEmbed`` (its only parameters are ``proj.weight``/``proj.bias``)."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.proj(images).flatten(2).transpose(1, 2)
+
+
+class VisionTransformerEncoder(Encoder):
+    """ViT encoder without class token, with fixed 2D sin-cos positions (I-JEPA's context/target encoder).
+
+    Shapes: images ``(B, C, H, W)`` -> tokens ``(B, K, D)``. See :class:`jepaflow.interfaces.Encoder`.
+    """
+
+    class Config(PluginConfig):
+        size: Literal["tiny", "small", "base", "large", "huge", "giant"] = Field(
+            "base", description="reference ViT size (tiny/small/base/large/huge/giant)"
+        )
+        patch_size: int = Field(16, ge=1, description="patch side in pixels")
+        img_size: int = Field(224, ge=1, description="side of the (square) training images in pixels")
+        in_chans: int = Field(3, ge=1, description="image channels")
+        embed_dim: int | None = Field(None, ge=4, description="override the size's width (e.g. for CPU runs)")
+        depth: int | None = Field(None, ge=1, description="override the size's number of blocks")
+        num_heads: int | None = Field(None, ge=1, description="override the size's attention heads")
+        mlp_ratio: float | None = Field(None, gt=0, description="override the size's MLP hidden/width ratio")
+        drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth of the last block")
+        init_std: float = Field(0.02, gt=0, description="std of the truncated-normal weight init")
+
+        def dims(self) -> tuple[int, int, int, float]:
+            """``(embed_dim, depth, num_heads, mlp_ratio)``: the size's values with the overrides applied."""
+            dim, depth, heads, ratio = VIT_SIZES[self.size]
+            return (
+                self.embed_dim if self.embed_dim is not None else dim,
+                self.depth if self.depth is not None else depth,
+                self.num_heads if self.num_heads is not None else heads,
+                self.mlp_ratio if self.mlp_ratio is not None else ratio,
+            )
+
+        @model_validator(mode="after")
+        def _check_dims(self) -> VisionTransformerEncoder.Config:
+            if self.img_size % self.patch_size != 0:
+                raise ValueError(
+                    f"img_size ({self.img_size}) is not divisible by patch_size ({self.patch_size})"
+                )
+            dim, _, heads, _ = self.dims()
+            if dim % heads != 0:
+                raise ValueError(f"embed_dim ({dim}) is not divisible by num_heads ({heads})")
+            if dim % 4 != 0:
+                # two sin-cos halves (columns, rows), each made of sin and cos parts
+                raise ValueError(
+                    f"embed_dim ({dim}) must be divisible by 4 for the 2D sin-cos position table"
+                )
+            return self
+
+    def __init__(self, config: Config | None = None):
+        super().__init__()
+        config = config if config is not None else self.Config()
+        self.config = config
+        dim, depth, heads, ratio = config.dims()
+        self.embed_dim = dim
+        self.depth = depth
+        self.num_heads = heads
+        self.mlp_ratio = ratio
+        self.patch_size = config.patch_size
+        self.in_chans = config.in_chans
+        side = config.img_size // config.patch_size
+        self.grid_size = (side, side)
+
+        self.patch_embed = PatchEmbed(config.patch_size, config.in_chans, dim)
+        # A buffer, not a frozen Parameter as in the reference: same state-dict key, but optimizers and
+        # weight-decay groups never see it.
+        self.register_buffer(
+            "pos_embed", sincos_pos_embed_2d(dim, self.grid_size).unsqueeze(0), persistent=True
+        )
+        self.blocks = make_blocks(dim, depth, heads, ratio, config.drop_path_rate)
+        self.norm = layer_norm(dim)
+        init_reference_weights(self, config.init_std)
+        # sin-cos tables of other grids, keyed by (grid, device, dtype): built once on the host, then reused
+        self._pos_cache: dict[tuple, Tensor] = {}
+
+    # --------------------------------------------------------------------------------------------------------
+    def _pos_for_grid(self, grid_hw: tuple[int, int]) -> Tensor:
+        """``(1, H*W, D)`` position table for a patch grid: the buffer for the configured grid (so a loaded
+        checkpoint's table is used as is), else the exact sin-cos table of that grid, built once on the host
+        and cached per device. The table keeps the buffer's dtype (float32), not the autocast dtype of the
+        patch tokens, so the residual stream stays float32 under autocast as in the reference."""
+        if grid_hw == self.grid_size:
+            return self.pos_embed
+        key = (grid_hw, self.pos_embed.device, self.pos_embed.dtype)
+        table = self._pos_cache.get(key)
+        if table is None:
+            table = sincos_pos_embed_2d(
+                self.embed_dim, grid_hw, dtype=self.pos_embed.dtype, device=self.pos_embed.device
+            )[None]
+            self._pos_cache[key] = table
+        return table
+
+    def embed_patches(self, images: Tensor) -> Tensor:
+        """Patchify and add positions: ``(B, C, H, W) -> (B, N, D)``, ``N = (H/p) * (W/p)``."""
+        H, W = images.shape[-2:]
+        p = self.patch_size
+        if H % p or W % p:
+            raise ValueError(f"image size {H}x{W} is not divisible by the patch size {p}")
+        x = self.patch_embed(images)
+        return x + self._pos_for_grid((H // p, W // p))
+
+    def forward(self, images: Tensor, keep: Tensor | None = None, keep_valid: Tensor | None = None) -> Tensor:
+        """Encode the kept patches.
+
+        Args:
+            images: ``(B, C, H, W)``; any size divisible by the patch size (positions follow the input grid).
+            keep: ``(B, K)`` int64 row-major patch indices, or None for all ``N`` patches. Positions are added
+                before the gather, so kept tokens carry their place in the full grid (reference ``forward``:
+                ``x + pos_embed`` then ``apply_masks``).
+            keep_valid: ``(B, K)`` bool, False for padded entries of ``keep``; they are masked out as keys.
+        Returns:
+            ``(B, K, D)`` (``(B, N, D)`` without ``keep``), after the final LayerNorm.
+        """
+        x = self.embed_patches(images)
+        if keep is not None:
+            x = gather_tokens(x, keep)
+        attn_mask = key_padding_attn_mask(keep_valid)
+        for block in self.blocks:
+            x = block(x, attn_mask=attn_mask)
+        return self.norm(x)
+
+    def forward_layers(self, images: Tensor, layers: int) -> list[Tensor]:
+        """Outputs ``(B, N, D)`` of the last ``layers`` blocks, oldest first, before the final norm."""
+        if not 1 <= layers <= self.depth:
+            raise ValueError(f"layers must be in [1, {self.depth}], got {layers}")
+        x = self.embed_patches(images)
+        outputs: list[Tensor] = []
+        first = self.depth - layers
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i >= first:
+                outputs.append(x)
+        return outputs
+
+    def extra_repr(self) -> str:
+        return f"grid_size={self.grid_size}, patch_size={self.patch_size}, embed_dim={self.embed_dim}"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Factories (timm style: one builder, one small function per size)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _build(size: str, **overrides) -> VisionTransformerEncoder:
+    return VisionTransformerEncoder(VisionTransformerEncoder.Config(size=size, **overrides))
+
+
+def vit_tiny(**overrides) -> VisionTransformerEncoder:
+    """ViT-Ti: width 192, 12 blocks, 3 heads."""
+    return _build("tiny", **overrides)
+
+
+def vit_small(**overrides) -> VisionTransformerEncoder:
+    """ViT-S: width 384, 12 blocks, 6 heads."""
+    return _build("small", **overrides)
+
+
+def vit_base(**overrides) -> VisionTransformerEncoder:
+    """ViT-B: width 768, 12 blocks, 12 heads."""
+    return _build("base", **overrides)
+
+
+def vit_large(**overrides) -> VisionTransformerEncoder:
+    """ViT-L: width 1024, 24 blocks, 16 heads."""
+    return _build("large", **overrides)
+
+
+def vit_huge(**overrides) -> VisionTransformerEncoder:
+    """ViT-H: width 1280, 32 blocks, 16 heads."""
+    return _build("huge", **overrides)
+
+
+def vit_giant(**overrides) -> VisionTransformerEncoder:
+    """ViT-g: width 1408, 40 blocks, 16 heads, MLP ratio 48/11."""
+    return _build("giant", **overrides)
+
+
+__all__ = [
+    "VIT_SIZES",
+    "PatchEmbed",
+    "VisionTransformerEncoder",
+    "init_reference_weights",
+    "key_padding_attn_mask",
+    "layer_norm",
+    "make_blocks",
+    "vit_base",
+    "vit_giant",
+    "vit_huge",
+    "vit_large",
+    "vit_small",
+    "vit_tiny",
+]
