@@ -207,6 +207,10 @@ class Masker(Plugin, abc.ABC):
     def __call__(self, batch_size: int, grid_size: tuple[int, int], generator: torch.Generator) -> MaskBatch:
         ...
 
+    def check(self, grid_size: tuple[int, int]) -> None:
+        """Raise :class:`jepaflow.errors.JepaflowError` if no valid masks exist for this grid. The engine calls it
+        before starting the DataLoader, so that the error is reported cleanly rather than from a worker."""
+
 
 class TargetUpdater(Plugin, abc.ABC):
     """Updates a target network from its online counterpart after every optimizer step.

@@ -140,7 +140,7 @@ class Progress:
         else:
             eta = record.get("eta_s")
             eta_txt = f"  eta {eta / 60:.1f} min" if eta is not None else ""
-            print(f"step {record['step']}/{self.total}  epoch {record['epoch']}  {info}{eta_txt}", flush=True)
+            print(f"step {record['step']}/{self.total}  epoch {record['epoch']:.2f}  {info}{eta_txt}", flush=True)
 
     def close(self) -> None:
         if self.rich is not None:

@@ -141,6 +141,8 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
     masker = build_masker(recipe)
     updater = build_target_updater(recipe)
     grid = objective.representation_encoder().grid_size
+    if masker is not None:
+        masker.check(grid)
     optimizer = build_optimizer(objective, o_cfg)
     params = [p for p in objective.parameters() if p.requires_grad]
 
@@ -294,7 +296,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
             summary["probe"] = run_probe(recipe, objective.representation_encoder(), info.device)
             (run_dir / "probe.json").write_text(json.dumps(summary["probe"], indent=2))
             print("jepaflow: probe accuracy " + ", ".join(
-                f"{k} {v * 100:.2f}%" for k, v in summary["probe"].items() if isinstance(v, float)), flush=True)
+                f"{k} {v * 100:.2f}%" for k, v in summary["probe"].items() if k in recipe.probe.kinds), flush=True)
     if info.is_main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
@@ -302,7 +304,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
 
 def run_probe(recipe: Recipe, encoder: torch.nn.Module, device: torch.device) -> dict[str, Any]:
     """Frozen-feature probes of ``encoder`` on the recipe's data set (train split fits, test split scores)."""
-    from jepaflow.probes.linear import run_probes
+    from jepaflow.probes.features import run_probes
 
     train_ds = build_dataset(recipe, "train", augment=False)
     test_ds = build_dataset(recipe, "test", augment=False)

@@ -409,6 +409,9 @@ class MultiBlockMasker(Masker):
         self.config = config if config is not None else self.Config()
         self._checked: set[tuple[int, int]] = set()
 
+    def check(self, grid_size: tuple[int, int]) -> None:  # Masker.check: called by the engine before training
+        self.check_grid(grid_size)
+
     def check_grid(self, grid_size: tuple[int, int]) -> None:
         """Raise :class:`~jepaflow.errors.JepaflowError` if this config cannot produce valid masks on the grid.
 

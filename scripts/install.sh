@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs jepaflow and everything its tests need into ./.venv (idempotent; run from anywhere).
+#   torch/torchvision are pinned: a loose range would pull several GB of CUDA wheels.
+#   Fashion-MNIST comes from Debian's dataset-fashion-mnist (IDX files in /usr/share/datasets/fashion-mnist).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  else
+    echo "note: Fashion-MNIST not installed (sudo apt-get install dataset-fashion-mnist); its tests will skip" >&2
+  fi
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 2>&1 | grep -v "is ignored" || true
+.venv/bin/pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v "is ignored" || true
+.venv/bin/python -c "import torch, timm, jepaflow; print('jepaflow', jepaflow.__version__, '| torch', torch.__version__, '| timm', timm.__version__)"
