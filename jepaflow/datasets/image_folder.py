@@ -1,0 +1,161 @@
+"""Folder-of-images data set in the ImageNet layout: ``root/<split_dir>/<class>/**/<image>``.
+
+The index holds relative paths in one numpy byte buffer plus offsets, not a Python list of strings: DataLoader
+workers forked from the main process then share it without copy-on-read growth (reading a Python object bumps its
+refcount and dirties its page), which matters at ImageNet's 1.28M files.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image
+from pydantic import Field
+
+from jepaflow.datasets.transforms import ImageDataConfig, check_split
+from jepaflow.errors import DataError
+from jepaflow.interfaces import Dataset
+
+#: lower-case file extensions read as images
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".gif", ".jfif"}
+)
+
+
+def _is_image(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _class_dirs(split_dir: str) -> list[str]:
+    with os.scandir(split_dir) as it:
+        return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+
+
+def _scan_class(class_dir: str, prefix: str) -> list[str]:
+    """Image paths under ``class_dir`` (recursively), relative to the split dir, sorted."""
+    out: list[str] = []
+    stack = [(class_dir, prefix)]
+    while stack:
+        d, rel = stack.pop()
+        with os.scandir(d) as it:
+            for e in it:
+                if e.name.startswith("."):
+                    continue
+                if e.is_dir():
+                    stack.append((e.path, f"{rel}/{e.name}"))
+                elif _is_image(e.name):
+                    out.append(f"{rel}/{e.name}")
+    out.sort()
+    return out
+
+
+class ImageFolderDataset(Dataset):
+    """Images in ``root/<train_dir | test_dir>/<class>/``, labelled by class folder (sorted names -> 0..C-1).
+
+    The class list comes from the train folder for both splits (so that labels agree); when only the test
+    folder exists, from the test folder. A corrupt or unreadable image is skipped: a warning is issued once per
+    file, ``skipped`` is incremented, and the next readable item (index+1, +2, ... modulo the length) is
+    returned instead, so an item's content is still a function of its index. ``skipped`` counts per process
+    (each DataLoader worker keeps its own).
+    """
+
+    class Config(ImageDataConfig):
+        root: str = Field(..., description="data set folder holding the split folders")
+        train_dir: str = Field("train", description="train split folder under root")
+        test_dir: str = Field("val", description="test split folder under root")
+        # image_size=224, channels=3 (1: decode as grey), ImageNet mean/std, crop_scale=(0.3, 1.0): inherited.
+
+    def __init__(self, config: Config, split: str = "train", augment: bool = False):
+        super().__init__()
+        self.config = config
+        self.split = check_split(split)
+        self.image_size = config.image_size
+        self.channels = config.channels
+        self.transform = config.make_transform(augment)
+        self.skipped = 0
+        self._bad: set[int] = set()
+
+        root = os.path.expanduser(config.root)
+        if not os.path.isdir(root):
+            raise DataError(
+                f"data folder {root!r} does not exist",
+                f"set data.root to the folder holding {config.train_dir!r}/ and {config.test_dir!r}/ "
+                "(layout: root/<split>/<class>/<image>.jpg)",
+            )
+        split_name = config.train_dir if split == "train" else config.test_dir
+        self.split_dir = os.path.join(root, split_name)
+        if not os.path.isdir(self.split_dir):
+            key = "train_dir" if split == "train" else "test_dir"
+            raise DataError(
+                f"no {split} split folder {self.split_dir!r}",
+                f"create it (root/{split_name}/<class>/<image>.jpg) or set data.{key} to the folder's name",
+            )
+
+        train_dir = os.path.join(root, config.train_dir)
+        self.classes = _class_dirs(train_dir if os.path.isdir(train_dir) else self.split_dir)
+        present = _class_dirs(self.split_dir)
+        unknown = sorted(set(present) - set(self.classes))
+        if unknown:
+            raise DataError(
+                f"{self.split_dir!r} has class folders missing from {train_dir!r}: {', '.join(unknown[:5])}"
+                + (" ..." if len(unknown) > 5 else ""),
+                "both splits must use the same class folder names",
+            )
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.num_classes = len(self.classes)
+
+        paths: list[str] = []
+        labels: list[int] = []
+        for c in present:
+            found = _scan_class(os.path.join(self.split_dir, c), c)
+            paths += found
+            labels += [self.class_to_idx[c]] * len(found)
+        if not paths:
+            raise DataError(
+                f"no images found under {self.split_dir!r} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})",
+                f"put images in {self.split_dir}/<class>/ (one folder per class), or fix data.root",
+            )
+        encoded = [p.encode("utf-8") for p in paths]
+        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in encoded], out=self._offsets[1:])
+        self._buffer = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        self.labels = np.asarray(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def path(self, index: int) -> str:
+        """Absolute path of item ``index``."""
+        rel = self._buffer[self._offsets[index] : self._offsets[index + 1]].tobytes().decode("utf-8")
+        return os.path.join(self.split_dir, rel)
+
+    def _load(self, index: int) -> Image.Image:
+        with Image.open(self.path(index)) as img:
+            return img.convert("RGB" if self.channels == 3 else "L")  # convert() forces the full decode
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} items")
+        index %= n
+        for step in range(n):
+            i = (index + step) % n
+            if i in self._bad:
+                continue
+            try:
+                img = self._load(i)
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:  # corrupt, truncated, unreadable
+                self._bad.add(i)
+                self.skipped += 1
+                warnings.warn(
+                    f"skipping unreadable image {self.path(i)!r} ({type(exc).__name__}: {exc})",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                continue
+            return self.transform(img), int(self.labels[i])
+        raise DataError(f"no readable image in {self.split_dir!r} ({n} files, all failed to decode)",
+                        "check the files (e.g. `python -c 'from PIL import Image; Image.open(F).load()'`)")
