@@ -199,7 +199,7 @@ def _pydantic_issues(exc: ValidationError, prefix: str = "") -> list[tuple[str, 
             msg = "unknown field"
         elif err["type"] == "literal_error" and "expected" in err.get("ctx", {}):
             msg = f"must be one of {err['ctx']['expected']}"
-        if err["type"] != "missing" and "input" in err and not isinstance(err["input"], dict):
+        if err["type"] not in ("missing", "extra_forbidden") and "input" in err and not isinstance(err["input"], dict):
             msg += f" (got {err['input']!r})"
         out.append((_loc(prefix, err["loc"]) or "<root>", msg))
     return out
