@@ -229,13 +229,16 @@ def validate(recipe: RecipeArg, overrides: SetOpt = None) -> None:
 
 
 def _dry_run_masker(r: Recipe, masker: Any, grid: tuple[int, int]) -> None:
-    """Sample one tiny batch of masks on the encoder's grid: a masker whose settings do not fit the grid
-    (blocks larger than the grid, too many stripes, ...) is caught here rather than inside a DataLoader worker."""
+    """``Masker.check`` the encoder's grid, then sample one tiny batch on it: a masker whose settings do not
+    fit the grid (blocks larger than the grid, too many stripes, ...) is caught before any run starts."""
     import torch
 
     gen = torch.Generator().manual_seed(r.seed)
     comp = r.components["masker"]
     try:
+        check = getattr(masker, "check", None)
+        if callable(check):
+            check(grid)
         masker(2, grid, gen)
     except JepaflowError:
         raise

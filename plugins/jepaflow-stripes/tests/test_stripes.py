@@ -152,9 +152,14 @@ def test_determinism_and_only_the_given_generator_is_used():
     ("num_targets", "stripe_width", "grid"), [(2, 2, (4, 8)), (5, 1, (4, 8)), (1, 4, (4, 4))]
 )
 def test_stripes_that_leave_no_context_are_a_user_error(num_targets, stripe_width, grid):
+    masker = StripeMasker(StripeMaskerConfig(num_targets=num_targets, stripe_width=stripe_width))
+    # Masker.check, which the engine calls before the DataLoader starts, and the call itself both refuse.
     with pytest.raises(JepaflowError, match="leaving no context") as info:
-        sample(grid=grid, num_targets=num_targets, stripe_width=stripe_width)
+        masker.check(grid)
     assert "masker.num_targets" in info.value.fix
+    with pytest.raises(JepaflowError, match="leaving no context"):
+        masker(2, grid, torch.Generator().manual_seed(0))
+    masker.check((grid[0] + num_targets * stripe_width, grid[1]))  # enough rows: fine
 
 
 def test_config_validation():

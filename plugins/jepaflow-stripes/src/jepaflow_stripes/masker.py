@@ -171,9 +171,10 @@ class StripeMasker(Masker):
     def __init__(self, config: StripeMaskerConfig):
         self.config = config
 
-    def check_grid(self, grid_size: tuple[int, int]) -> None:
+    def check(self, grid_size: tuple[int, int]) -> None:
         """Raise a :class:`~jepaflow.errors.JepaflowError` if the stripes cannot fit the grid with some
-        context left (called on every batch: it is a few integer comparisons)."""
+        context left. The engine calls it once before the DataLoader starts (so the error is reported from
+        the main process); ``__call__`` calls it too, as it is only a few integer comparisons."""
         cfg = self.config
         H, W = grid_size
         lines = {"horizontal": f"{H} rows", "vertical": f"{W} columns"}
@@ -200,7 +201,7 @@ class StripeMasker(Masker):
         cfg = self.config
         H, W = int(grid_size[0]), int(grid_size[1])
         grid_size = (H, W)
-        self.check_grid(grid_size)
+        self.check(grid_size)
 
         if cfg.orientation == "random":
             vertical = torch.rand(batch_size, generator=generator) < 0.5
