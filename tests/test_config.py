@@ -152,22 +152,11 @@ def test_plugin_section_error_paths(builtins_importable):
     assert set(issues) == {"masker.target_scale[0]", "masker.mode", "masker.bogus", "encoder.depth"}
     assert "'big'" in issues["masker.target_scale[0]"]
     assert "official" in issues["masker.mode"] and "fixed" in issues["masker.mode"]
+    # An unknown field names the fields the plugin does accept, whatever its value.
     assert issues["masker.bogus"].startswith("unknown field")
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="config._pydantic_issues appends ' (got ...)' to 'unknown field' for scalar values, so "
-    "_unknown_field_hint's equality test misses it (fix proposed to the integrator; then drop this mark)",
-)
-def test_unknown_plugin_field_names_the_accepted_fields(builtins_importable):
-    issues = issues_of(small(masker={"bogus": True}))
-    assert issues["masker.bogus"].startswith("unknown field; masker fields are: name, mode, num_targets")
-
-
-def test_unknown_plugin_field_with_a_mapping_value_names_the_accepted_fields(builtins_importable):
+    assert "masker fields are: name, mode, num_targets" in issues["masker.bogus"]
     issues = issues_of(small(masker={"bogus": {"a": 1}}))
-    assert issues["masker.bogus"].startswith("unknown field; masker fields are: name, mode, num_targets")
+    assert "masker fields are: name, mode, num_targets" in issues["masker.bogus"]
 
 
 def test_every_problem_is_reported_at_once(builtins_importable):
