@@ -166,6 +166,7 @@ def run(
 def _print_summary(summary: Any) -> None:
     if not isinstance(summary, dict) or not summary:
         return
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="run summary", show_header=False)
@@ -174,7 +175,7 @@ def _print_summary(summary: Any) -> None:
     for key, value in _flatten(summary):
         s = _scalar(value)
         if s is not None or isinstance(value, (str, Path)) or value is None:
-            table.add_row(key, _fmt_value(s if s is not None else value))
+            table.add_row(escape(key), escape(_fmt_value(s if s is not None else value)))
     _console().print(table)
 
 
