@@ -87,7 +87,7 @@ class ProbeConfig(_Strict):
     test_samples: int | None = Field(None, ge=1, description="cap on test images (None: all)")
     knn_k: int = Field(20, ge=1, description="neighbours for the kNN probe (cosine similarity, vote weighted)")
     knn_temperature: float = Field(0.07, gt=0, description="kNN vote temperature (Wu et al. 2018)")
-    linear_epochs: int = Field(100, ge=1, description="full-batch L-BFGS/AdamW epochs of the linear probe")
+    linear_epochs: int = Field(100, ge=1, description="full-batch AdamW steps of the linear probe (standardized features, zero init)")
     linear_lr: float = Field(1e-2, gt=0, description="linear probe learning rate")
     linear_weight_decay: float = Field(1e-4, ge=0, description="linear probe weight decay")
     batch_size: int = Field(256, ge=1, description="feature extraction batch size")

@@ -128,7 +128,8 @@ class ObjectiveOutput:
 
 
 class Plugin:
-    """Mixin shared by every plugin class: a ``Config`` model and a one-line ``summary`` for the CLI."""
+    """Mixin shared by every plugin class: its ``Config`` model. The class docstring's first paragraph is what
+    ``jepaflow plugins show`` prints."""
 
     Config: ClassVar[type[PluginConfig]] = PluginConfig
 
