@@ -91,6 +91,9 @@ class ProbeConfig(_Strict):
     linear_lr: float = Field(1e-2, gt=0, description="linear probe learning rate")
     linear_weight_decay: float = Field(1e-4, ge=0, description="linear probe weight decay")
     batch_size: int = Field(256, ge=1, description="feature extraction batch size")
+    random_init_baseline: bool = Field(
+        False, description="also probe the same encoder at its random initialization (the floor SSL must beat)"
+    )
 
 
 class RecipeModel(_Strict):

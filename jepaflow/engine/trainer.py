@@ -295,8 +295,11 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
         if recipe.probe.enabled:
             summary["probe"] = run_probe(recipe, objective.representation_encoder(), info.device)
             (run_dir / "probe.json").write_text(json.dumps(summary["probe"], indent=2))
+            pr = summary["probe"]
             print("jepaflow: probe accuracy " + ", ".join(
-                f"{k} {v * 100:.2f}%" for k, v in summary["probe"].items() if k in recipe.probe.kinds), flush=True)
+                f"{k} {pr[k] * 100:.2f}%" + (f" (random init: {pr[k + '_random_init'] * 100:.2f}%)"
+                                              if k + "_random_init" in pr else "")
+                for k in recipe.probe.kinds if k in pr), flush=True)
     if info.is_main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
@@ -313,6 +316,13 @@ def run_probe(recipe: Recipe, encoder: torch.nn.Module, device: torch.device) ->
     t0 = time.perf_counter()
     result = run_probes(encoder, train_ds, test_ds, recipe.probe, device)
     out = {k: float(v) for k, v in result.items()}
+    if recipe.probe.random_init_baseline:
+        # The same architecture at the run's initialization (same seed): what the probe gets for free.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(recipe.seed)
+            fresh = build_objective(recipe).representation_encoder().to(device)
+        base = run_probes(fresh, train_ds, test_ds, recipe.probe, device)
+        out.update({f"{k}_random_init": float(v) for k, v in base.items()})
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
 
