@@ -79,7 +79,7 @@ class TrainConfig(_Strict):
 
 
 class ProbeConfig(_Strict):
-    """Frozen-feature probe run at the end of training (and by ``jepaflow probe``)."""
+    """Frozen-feature probes (kNN, linear) run at the end of training on the recipe's data set."""
 
     enabled: bool = Field(False, description="run the probe after training")
     kinds: list[Literal["knn", "linear"]] = Field(["knn", "linear"], description="which probes")
@@ -202,7 +202,8 @@ def _pydantic_issues(exc: ValidationError, prefix: str = "") -> list[tuple[str, 
             msg = "unknown field"
         elif err["type"] == "literal_error" and "expected" in err.get("ctx", {}):
             msg = f"must be one of {err['ctx']['expected']}"
-        if err["type"] not in ("missing", "extra_forbidden") and "input" in err and not isinstance(err["input"], dict):
+        if (err["type"] not in ("missing", "extra_forbidden") and "input" in err and not isinstance(err["input"], dict)
+                and "got " not in msg):
             msg += f" (got {err['input']!r})"
         out.append((_loc(prefix, err["loc"]) or "<root>", msg))
     return out

@@ -1,42 +1,52 @@
 """From a validated :class:`~jepaflow.config.Recipe` to objects. The only place plugins are instantiated.
 
 Each constructor receives its own typed config plus the documented context of its kind
-(see :mod:`jepaflow.interfaces`), never the recipe.
+(see :mod:`jepaflow.interfaces`), never the recipe. A constructor that rejects its arguments (e.g. a width that
+the inherited number of heads does not divide) is reported as a user error naming the recipe section.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from jepaflow.config import Recipe
+from jepaflow.errors import JepaflowError
 from jepaflow.interfaces import Dataset, Encoder, Masker, Objective, Predictor, TargetUpdater
 
 
+def _construct(recipe: Recipe, section: str, **context: Any) -> Any:
+    comp = recipe.components[section]
+    try:
+        return comp.cls(comp.config, **context)
+    except (ValueError, TypeError) as exc:
+        raise JepaflowError(
+            f"{section} plugin {comp.name!r} could not be built: {exc}",
+            f"adjust the {section} section of the recipe (`jepaflow plugins show {comp.name}` lists its fields)",
+        ) from exc
+
+
 def build_encoder(recipe: Recipe) -> Encoder:
-    comp = recipe.components["encoder"]
-    return comp.cls(comp.config)
+    return _construct(recipe, "encoder")
 
 
 def build_objective(recipe: Recipe) -> Objective:
     """The objective with the module components it declared in ``requires``."""
-    comp = recipe.components["objective"]
+    requires = recipe.components["objective"].cls.requires
     modules: dict[str, Encoder | Predictor] = {}
-    if "encoder" in comp.cls.requires:
+    if "encoder" in requires:
         modules["encoder"] = build_encoder(recipe)
-    if "predictor" in comp.cls.requires:
-        pred = recipe.components["predictor"]
-        modules["predictor"] = pred.cls(pred.config, encoder=modules["encoder"])
-    return comp.cls(comp.config, **modules)
+    if "predictor" in requires:
+        modules["predictor"] = _construct(recipe, "predictor", encoder=modules["encoder"])
+    return _construct(recipe, "objective", **modules)
 
 
 def build_masker(recipe: Recipe) -> Masker | None:
-    comp = recipe.components.get("masker")
-    return None if comp is None else comp.cls(comp.config)
+    return _construct(recipe, "masker") if "masker" in recipe.components else None
 
 
 def build_target_updater(recipe: Recipe) -> TargetUpdater | None:
-    comp = recipe.components.get("target_updater")
-    return None if comp is None else comp.cls(comp.config)
+    return _construct(recipe, "target_updater") if "target_updater" in recipe.components else None
 
 
 def build_dataset(recipe: Recipe, split: str, augment: bool) -> Dataset:
-    comp = recipe.components["data"]
-    return comp.cls(comp.config, split=split, augment=augment)
+    return _construct(recipe, "data", split=split, augment=augment)

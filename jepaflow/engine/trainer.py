@@ -76,11 +76,14 @@ class _StopFlag:
 def _check_resumable(saved: dict[str, Any], recipe: Recipe) -> None:
     now = recipe.to_dict()
     changed = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+    # The global batch sets the steps per epoch, hence where a saved step falls in the data order and schedules.
+    if saved.get("train", {}).get("batch_size") != now["train"]["batch_size"]:
+        changed.append("train.batch_size")
     if changed:
         raise JepaflowError(
             f"the recipe differs from the one the run was started with, in: {', '.join(changed)}",
-            "resume with the original recipe (the run folder keeps it as recipe.yaml); only train.* and probe.* "
-            "may change on resume",
+            "resume with the original recipe (the run folder keeps it as recipe.yaml); only train.* (except "
+            "train.batch_size) and probe.* may change on resume",
         )
 
 

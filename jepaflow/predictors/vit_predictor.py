@@ -71,7 +71,7 @@ class VisionTransformerPredictor(Predictor):
     class Config(PluginConfig):
         embed_dim: int = Field(384, ge=4, description="predictor width (the paper's 384 for every encoder)")
         depth: int = Field(
-            6, ge=1, description="predictor blocks (paper: 6 for ViT-H/16, 12 for ViT-H/14 ...)"
+            6, ge=1, description="predictor blocks (6: init_model default, ViT-B; 12: official ViT-H configs; 16: ViT-G)"
         )
         num_heads: int | None = Field(
             None, ge=1, description="attention heads; None: the encoder's (as the reference init_model does)"
