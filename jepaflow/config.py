@@ -25,6 +25,9 @@ PLUGIN_SECTIONS: dict[str, str] = {
     "encoder": "encoder",
     "predictor": "predictor",
     "masker": "masker",
+    "views": "view",
+    "projector": "head",
+    "prediction_head": "head",
     "target_updater": "target_updater",
     "objective": "objective",
 }
@@ -106,6 +109,9 @@ class RecipeModel(_Strict):
     encoder: dict[str, Any] | None = None
     predictor: dict[str, Any] | None = None
     masker: dict[str, Any] | None = None
+    views: dict[str, Any] | None = None
+    projector: dict[str, Any] | None = None
+    prediction_head: dict[str, Any] | None = None
     target_updater: dict[str, Any] | None = None
     objective: dict[str, Any]
     optim: OptimConfig = OptimConfig()

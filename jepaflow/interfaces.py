@@ -74,15 +74,18 @@ class Batch:
     """One training batch, as collated by the engine.
 
     Attributes:
-        images: ``(B, C, H, W)`` float images, normalized.
+        images: ``(B, C, H, W)`` float images, normalized (with a view sampler: the first view).
         labels: ``(B,)`` int64 labels when the data set has them (never used for training), else ``None``.
         masks: the masker's output when the recipe has a masker, else ``None``.
-        extras: free room for plugins of future kinds (views, ...), moved to the device with the batch.
+        views: with a view sampler, one ``(B, C, H_v, W_v)`` tensor per view (sizes may differ between views,
+            e.g. global and local crops), else ``None``.
+        extras: free room for plugins of future kinds, moved to the device with the batch.
     """
 
     images: Tensor
     labels: Tensor | None = None
     masks: MaskBatch | None = None
+    views: list[Tensor] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
@@ -95,6 +98,7 @@ class Batch:
             images=move(self.images),
             labels=move(self.labels),
             masks=move(self.masks),
+            views=None if self.views is None else [move(v) for v in self.views],
             extras={k: move(v) for k, v in self.extras.items()},
         )
 
@@ -106,6 +110,7 @@ class Batch:
             images=self.images.pin_memory(),
             labels=None if self.labels is None else self.labels.pin_memory(),
             masks=None if self.masks is None else self.masks.pin_memory(),
+            views=None if self.views is None else [v.pin_memory() for v in self.views],
             extras={k: v.pin_memory() if hasattr(v, "pin_memory") else v for k, v in self.extras.items()},
         )
 
@@ -159,6 +164,11 @@ class Encoder(nn.Module, Plugin, abc.ABC):
     def forward(self, images: Tensor, keep: Tensor | None = None, keep_valid: Tensor | None = None) -> Tensor:
         ...
 
+    def pool(self, tokens: Tensor) -> Tensor:
+        """Global features ``(B, D)`` from tokens ``(B, N, D)``: the mean over tokens (I-JEPA's linear-probe
+        pooling; the global average pool of a CNN's feature map)."""
+        return tokens.mean(dim=1)
+
     def forward_layers(self, images: Tensor, layers: int) -> list[Tensor]:
         """The outputs ``(B, N, D)`` of the last ``layers`` blocks (before the final norm), for methods whose
         targets use intermediate layers. Encoders that cannot expose them raise TypeError."""
@@ -198,8 +208,9 @@ class Masker(Plugin, abc.ABC):
     """Samples context and target patch indices for a batch.
 
     Constructed as ``MaskerClass(config)``. Runs inside the DataLoader's collate function (so on CPU, in
-    worker processes); the engine passes a generator seeded from (recipe seed, rank, global step), which makes
-    the masks of a step the same whatever the number of workers and after a resume.
+    worker processes); the engine passes a generator seeded from (recipe seed, global step, slot), where the slot
+    ``rank * accum_steps + micro`` numbers the step's micro-batches, which makes the masks of a step the same
+    whatever the number of workers, after a resume, and between DDP and gradient accumulation.
 
     ``__call__(batch_size, grid_size, generator) -> MaskBatch``
     """
@@ -211,6 +222,36 @@ class Masker(Plugin, abc.ABC):
     def check(self, grid_size: tuple[int, int]) -> None:
         """Raise :class:`jepaflow.errors.JepaflowError` if no valid masks exist for this grid. The engine calls it
         before starting the DataLoader, so that the error is reported cleanly rather than from a worker."""
+
+
+class ViewSampler(Plugin, abc.ABC):
+    """Makes the augmented views of one image, for invariance methods (SimCLR, VICReg, BYOL, LeJEPA).
+
+    Constructed as ``ViewSamplerClass(config, image_size=, channels=, mean=, std=)`` (from the data section).
+    It replaces the data set's own transform: ``__call__(image)`` receives what that transform would (a PIL
+    image or a ``(C, H, W)`` uint8 tensor) and returns a list of ``num_views`` normalized float tensors
+    ``(C, H_v, W_v)``. Its randomness comes from torch's global generator, which the engine seeds per item.
+    """
+
+    num_views: int
+
+    @abc.abstractmethod
+    def __call__(self, image: Any) -> list[Tensor]:
+        ...
+
+
+class Head(nn.Module, Plugin, abc.ABC):
+    """A small network on pooled features (projector, expander, prediction MLP).
+
+    Constructed as ``HeadClass(config, in_dim=...)``: the ``projector`` section gets the encoder width, the
+    ``prediction_head`` section the projector's ``out_dim``. ``forward((B, in_dim)) -> (B, out_dim)``.
+    """
+
+    out_dim: int
+
+    @abc.abstractmethod
+    def forward(self, x: Tensor) -> Tensor:
+        ...
 
 
 class TargetUpdater(Plugin, abc.ABC):
@@ -230,10 +271,10 @@ class TargetUpdater(Plugin, abc.ABC):
 class Objective(nn.Module, Plugin, abc.ABC):
     """A self-supervised method: owns its modules, computes the loss of a batch.
 
-    Constructed as ``ObjectiveClass(config, encoder=..., predictor=...)``, with exactly the module components
-    named in :attr:`requires` (``"encoder"``, ``"predictor"``) passed as keyword arguments. Components that are
-    not modules (``"masker"``, ``"target_updater"``) are used by the engine around the objective; declaring them
-    makes the recipe validator demand the matching recipe section.
+    Constructed as ``ObjectiveClass(config, encoder=..., predictor=..., projector=..., prediction_head=...)``,
+    with exactly the module components named in :attr:`requires` passed as keyword arguments. Components that are
+    not modules (``"masker"``, ``"views"``, ``"target_updater"``) are used by the engine around the objective;
+    declaring them makes the recipe validator demand the matching recipe section.
     """
 
     #: recipe sections this method needs, checked before anything is built.
@@ -259,9 +300,10 @@ class Objective(nn.Module, Plugin, abc.ABC):
 class Dataset(torch.utils.data.Dataset, Plugin, abc.ABC):
     """An image data set.
 
-    Constructed as ``DatasetClass(config, split=split, augment=augment)``: ``split`` is "train" or "test";
-    ``augment`` True gives the pretraining transform (I-JEPA: RandomResizedCrop only), False a deterministic
-    resize + centre crop (for probes). ``__getitem__(i)`` returns ``(image, label)``: a ``(C, H, W)`` float
+    Constructed as ``DatasetClass(config, split=split, augment=augment, transform=None)``: ``split`` is "train"
+    or "test"; ``augment`` True gives the pretraining transform (I-JEPA: RandomResizedCrop only), False a
+    deterministic resize + centre crop (for probes); a ``transform`` (e.g. a :class:`ViewSampler`) replaces
+    either and receives the decoded image (PIL or ``(C, H, W)`` uint8), its output becoming the item's image. ``__getitem__(i)`` returns ``(image, label)``: a ``(C, H, W)`` float
     tensor, normalized, and an int (-1 when the data set has no labels; ``num_classes`` is then None).
     Unreadable items are skipped and counted in ``skipped`` rather than raising."""
 

@@ -23,6 +23,8 @@ KINDS: dict[str, str] = {
     "predictor": "jepaflow.predictors",
     "masker": "jepaflow.maskers",
     "target_updater": "jepaflow.target_updaters",
+    "view": "jepaflow.views",
+    "head": "jepaflow.heads",
     "objective": "jepaflow.objectives",
     "dataset": "jepaflow.datasets",
 }

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs jepaflow and everything its tests need into ./.venv (idempotent; run from anywhere).
-#   torch/torchvision are pinned: a loose range would pull several GB of CUDA wheels.
+#   torch/torchvision are pinned to the versions this project is tested with (a CUDA build that also runs on
+#   CPU); where the machine keeps those wheels on disk pip takes them from there, and an unpinned install could
+#   resolve to a newer release and download several GB.
 #   Fashion-MNIST comes from Debian's dataset-fashion-mnist (IDX files in /usr/share/datasets/fashion-mnist).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +15,7 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
   fi
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 2>&1 | grep -v "is ignored" || true
-.venv/bin/pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v "is ignored" || true
+# (pip's notes about absent local indexes are filtered out; a failing pip still fails the script: pipefail)
+.venv/bin/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 2>&1 | { grep -v "is ignored" || true; }
+.venv/bin/pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | { grep -v "is ignored" || true; }
 .venv/bin/python -c "import torch, timm, jepaflow; print('jepaflow', jepaflow.__version__, '| torch', torch.__version__, '| timm', timm.__version__)"

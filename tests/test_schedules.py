@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from jepaflow.schedules import cosine, linear, lr_at, momentum_at, weight_decay_at, warmup_cosine
+from jepaflow.schedules import cosine, linear, lr_at, momentum_at, warmup_cosine, weight_decay_at
 
 
 class OfficialStyleLR:

@@ -104,7 +104,6 @@ def test_validate_and_run_a_recipe_naming_the_plugin(site, recipe, tmp_path):
     done = cli(site, tmp_path, "validate", str(recipe), "--set", "masker.orientation=diagonal")
     assert done.returncode == 2 and "masker.orientation: must be one of" in done.stderr
 
-    pytest.importorskip("jepaflow.engine.trainer", reason="engine not importable yet")
     out = tmp_path / "run"
     done = cli(site, tmp_path, "run", str(recipe), "--set", "train.max_steps=3", "--output", str(out))
     assert done.returncode == 0, done.stdout + done.stderr

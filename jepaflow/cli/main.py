@@ -161,6 +161,8 @@ def run(
 
         summary = train(r, output_dir=output, resume=resume)
     _print_summary(summary)
+    if summary.get("exit_code"):  # stopped by SIGTERM/SIGINT after a checkpoint: tell the scheduler
+        raise typer.Exit(summary["exit_code"])
 
 
 def _print_summary(summary: Any) -> None:

@@ -53,13 +53,13 @@ class DigitsDataset(Dataset):
 
     num_classes = 10
 
-    def __init__(self, config: Config, split: str = "train", augment: bool = False):
+    def __init__(self, config: Config, split: str = "train", augment: bool = False, transform=None):
         super().__init__()
         self.config = config
         self.split = check_split(split)
         self.image_size = config.image_size
         self.channels = config.channels
-        self.transform = config.make_transform(augment)
+        self.transform = transform if transform is not None else config.make_transform(augment)
         self.skipped = 0
         images, labels = load_digits_uint8()
         train_idx, test_idx = stratified_split(labels, config.test_fraction, config.split_seed)

@@ -109,13 +109,13 @@ class FashionMNISTDataset(Dataset):
     num_classes = len(CLASSES)
     classes = CLASSES
 
-    def __init__(self, config: Config, split: str = "train", augment: bool = False):
+    def __init__(self, config: Config, split: str = "train", augment: bool = False, transform=None):
         super().__init__()
         self.config = config
         self.split = check_split(split)
         self.image_size = config.image_size
         self.channels = config.channels
-        self.transform = config.make_transform(augment)
+        self.transform = transform if transform is not None else config.make_transform(augment)
         self.skipped = 0
         root = os.path.expanduser(config.root)
         if not os.path.isdir(root):

@@ -68,13 +68,13 @@ class ImageFolderDataset(Dataset):
         test_dir: str = Field("val", description="test split folder under root")
         # image_size=224, channels=3 (1: decode as grey), ImageNet mean/std, crop_scale=(0.3, 1.0): inherited.
 
-    def __init__(self, config: Config, split: str = "train", augment: bool = False):
+    def __init__(self, config: Config, split: str = "train", augment: bool = False, transform=None):
         super().__init__()
         self.config = config
         self.split = check_split(split)
         self.image_size = config.image_size
         self.channels = config.channels
-        self.transform = config.make_transform(augment)
+        self.transform = transform if transform is not None else config.make_transform(augment)
         self.skipped = 0
         self._bad: set[int] = set()
 

@@ -94,7 +94,7 @@ class SyntheticShapesDataset(Dataset):
         mean: tuple[float, ...] = Field((0.5017,), description="normalization mean")
         std: tuple[float, ...] = Field((0.2867,), description="normalization std")
 
-    def __init__(self, config: Config, split: str = "train", augment: bool = False):
+    def __init__(self, config: Config, split: str = "train", augment: bool = False, transform=None):
         super().__init__()
         self.config = config
         self.split = check_split(split)
@@ -102,7 +102,7 @@ class SyntheticShapesDataset(Dataset):
         self.channels = config.channels
         self.num_classes = config.num_classes
         self.classes = SHAPES[: config.num_classes]
-        self.transform = config.make_transform(augment)
+        self.transform = transform if transform is not None else config.make_transform(augment)
         self.skipped = 0
         self._length = config.num_train if split == "train" else config.num_test
 

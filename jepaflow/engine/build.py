@@ -11,7 +11,7 @@ from typing import Any
 
 from jepaflow.config import Recipe
 from jepaflow.errors import JepaflowError
-from jepaflow.interfaces import Dataset, Encoder, Masker, Objective, Predictor, TargetUpdater
+from jepaflow.interfaces import Dataset, Encoder, Masker, Objective, TargetUpdater, ViewSampler
 
 
 def _construct(recipe: Recipe, section: str, **context: Any) -> Any:
@@ -32,11 +32,16 @@ def build_encoder(recipe: Recipe) -> Encoder:
 def build_objective(recipe: Recipe) -> Objective:
     """The objective with the module components it declared in ``requires``."""
     requires = recipe.components["objective"].cls.requires
-    modules: dict[str, Encoder | Predictor] = {}
+    modules: dict[str, Any] = {}
     if "encoder" in requires:
         modules["encoder"] = build_encoder(recipe)
     if "predictor" in requires:
         modules["predictor"] = _construct(recipe, "predictor", encoder=modules["encoder"])
+    if "projector" in requires:
+        modules["projector"] = _construct(recipe, "projector", in_dim=modules["encoder"].embed_dim)
+    if "prediction_head" in requires:
+        in_dim = modules["projector"].out_dim if "projector" in modules else modules["encoder"].embed_dim
+        modules["prediction_head"] = _construct(recipe, "prediction_head", in_dim=in_dim)
     return _construct(recipe, "objective", **modules)
 
 
@@ -48,5 +53,17 @@ def build_target_updater(recipe: Recipe) -> TargetUpdater | None:
     return _construct(recipe, "target_updater") if "target_updater" in recipe.components else None
 
 
+def build_views(recipe: Recipe) -> ViewSampler | None:
+    if "views" not in recipe.components:
+        return None
+    data = recipe.components["data"].config
+    return _construct(recipe, "views", image_size=data.image_size, channels=data.channels,
+                      mean=tuple(data.mean), std=tuple(data.std))
+
+
 def build_dataset(recipe: Recipe, split: str, augment: bool) -> Dataset:
+    """The data set; for pretraining (``augment``) with a view sampler, the sampler is its transform."""
+    views = build_views(recipe) if augment else None
+    if views is not None:
+        return _construct(recipe, "data", split=split, augment=augment, transform=views)
     return _construct(recipe, "data", split=split, augment=augment)

@@ -11,6 +11,7 @@ the same data and masks as 1 process x 2 accumulated micro-batches.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 
 import torch
@@ -43,10 +44,13 @@ class SeededItems(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int, int, int]):
         step, slot, pos, index = key
+        skipped = getattr(self.dataset, "skipped", 0)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(mix_seed(self.seed, 1, step, slot, pos))
             image, label = self.dataset[index]
-        return image, label, step, slot
+        # Unreadable files skipped for this item: counted per worker process, so carried back with the item.
+        skipped = getattr(self.dataset, "skipped", 0) - skipped
+        return image, label, step, slot, skipped
 
 
 class StepBatchSampler(Sampler):
@@ -83,17 +87,31 @@ class MaskingCollator:
         self.masker, self.grid_size, self.seed = masker, tuple(grid_size), seed
 
     def __call__(self, items) -> Batch:
-        images = torch.stack([it[0] for it in items])
+        views = None
+        if isinstance(items[0][0], (list, tuple)):  # a view sampler: one list of views per image
+            views = [torch.stack([it[0][v] for it in items]) for v in range(len(items[0][0]))]
+            images = views[0]
+        else:
+            images = torch.stack([it[0] for it in items])
         labels = torch.tensor([int(it[1]) for it in items], dtype=torch.long)
         step, slot = items[0][2], items[0][3]
         masks = None
         if self.masker is not None:
             g = torch.Generator().manual_seed(mix_seed(self.seed, 2, step, slot))
             masks = self.masker(len(items), self.grid_size, g)
-        return Batch(images=images, labels=labels, masks=masks)
+        skipped = sum(it[4] for it in items)
+        return Batch(images=images, labels=labels, masks=masks, views=views,
+                     extras={"skipped_images": skipped} if skipped else {})
 
 
-def epoch_loader(dataset: Dataset, collator: MaskingCollator, sampler: StepBatchSampler, *, seed: int,
+def _ignore_stop_signals(worker_id: int) -> None:
+    # A scheduler's SIGTERM (or Ctrl-C's SIGINT) reaches the whole process group. Workers must survive it so
+    # that the main process can finish its step and write a checkpoint; torch's own worker handler would die.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def epoch_loader(dataset: Dataset, collator: MaskingCollator, sampler: StepBatchSampler, *, seed: int, epoch: int,
                  num_workers: int, pin_memory: bool) -> DataLoader:
     return DataLoader(
         SeededItems(dataset, seed),
@@ -102,4 +120,8 @@ def epoch_loader(dataset: Dataset, collator: MaskingCollator, sampler: StepBatch
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=False,
+        worker_init_fn=_ignore_stop_signals if num_workers > 0 else None,
+        # Without its own generator, iter(DataLoader) draws a base seed from the global RNG, which would shift
+        # stochastic layers (drop path) between a resumed and an uninterrupted run.
+        generator=torch.Generator().manual_seed(mix_seed(seed, 3, epoch)),
     )

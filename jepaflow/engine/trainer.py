@@ -158,7 +158,8 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
     model: torch.nn.Module = objective
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
-            objective, device_ids=[info.local_rank] if info.device.type == "cuda" else None
+            objective, device_ids=[info.local_rank] if info.device.type == "cuda" else None,
+            broadcast_buffers=False,  # buffers are fixed tables (sin-cos) or per-replica statistics
         )
 
     # ---- run folder (rank 0 writes, the others only read)
@@ -174,6 +175,11 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
     barrier(info)
 
     def save(at_step: int, nonfinite: torch.Tensor) -> None:
+        # Every rank must agree: one rank's NaN has already reached every replica through the gradient all-reduce.
+        if world > 1:
+            flag = nonfinite.float().reshape(1)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            nonfinite = flag[0] > 0
         if bool(nonfinite):
             raise TrainingDiverged(
                 f"the loss became NaN or infinite before step {at_step}; the last good checkpoint is kept at "
@@ -202,6 +208,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
     last_record: dict[str, Any] = {}
     extra_scalars: dict[str, float] = {}
     stopped_by: str | None = None
+    skipped_images = 0
     pin = t_cfg.pin_memory and dev.type == "cuda"
     try:
         while step < run_steps and stopped_by is None:
@@ -210,7 +217,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
                                        global_batch=G, world_size=world, rank=info.rank, accum_steps=accum,
                                        start=start)
             collator = MaskingCollator(masker, grid, recipe.seed)
-            batches = iter(epoch_loader(dataset, collator, sampler, seed=recipe.seed,
+            batches = iter(epoch_loader(dataset, collator, sampler, seed=recipe.seed, epoch=epoch,
                                         num_workers=t_cfg.num_workers, pin_memory=pin))
             for _ in range(start, steps_per_epoch):
                 if step >= run_steps:
@@ -221,6 +228,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
                 objective.train()
                 for j in range(accum):
                     batch = next(batches).to(dev, non_blocking=True)
+                    skipped_images += batch.extras.get("skipped_images", 0)
                     sync_ctx = model.no_sync() if world > 1 and j < accum - 1 else contextlib.nullcontext()
                     with sync_ctx:
                         with _autocast(recipe, dev):
@@ -232,8 +240,9 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
                         v = v.detach().float() / accum
                         win_sums[k] = win_sums[k] + v if k in win_sums else v
                 if o_cfg.grad_clip is not None:
-                    gn = torch.nn.utils.clip_grad_norm_(params, o_cfg.grad_clip)
-                    win_sums["grad_norm"] = win_sums.get("grad_norm", 0) + gn.detach().float()
+                    gn = torch.nn.utils.clip_grad_norm_(params, o_cfg.grad_clip).detach().float()
+                    nonfinite |= ~torch.isfinite(gn)  # a finite loss can still have an infinite gradient
+                    win_sums["grad_norm"] = win_sums.get("grad_norm", 0) + gn
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 if updater is not None:
@@ -259,6 +268,8 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
                     record = {"step": step, "epoch": step / steps_per_epoch, "lr": lr, "wd": wd, **extra_scalars}
                     record.update({k: v / win_steps for k, v in zip(keys, vals[:-1])})
                     record["img_per_s"] = win_steps * G / dt
+                    if skipped_images:
+                        record["skipped_images"] = skipped_images
                     record["eta_s"] = (run_steps - step) * dt / win_steps
                     if metrics is not None:
                         metrics.write(record)
@@ -285,7 +296,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
 
     summary: dict[str, Any] = {
         "run_dir": str(run_dir), "step": step, "total_steps": total_steps, "finished": step >= total_steps,
-        "stopped_by": stopped_by, "last": last_record,
+        "stopped_by": stopped_by, "last": last_record, "skipped_images": skipped_images,
     }
     if stopped_by is not None:
         summary["exit_code"] = 130 if stopped_by == "SIGINT" else 143

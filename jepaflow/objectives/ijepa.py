@@ -87,7 +87,12 @@ class IJEPAObjective(Objective):
         loss = ijepa_loss(p.float(), y.float(), masks.targets_valid, self.config.loss, self.config.smooth_l1_beta)
         with torch.no_grad():
             # Collapse monitors: the per-dimension std of (unnormalized) context features across the batch.
-            zf = z.detach().float().mean(1)  # (B, D)
+            zd = z.detach().float()
+            if masks.context_valid is None:
+                zf = zd.mean(1)  # (B, D)
+            else:
+                w = masks.context_valid.unsqueeze(-1).float()
+                zf = (zd * w).sum(1) / w.sum(1).clamp_min(1.0)
             metrics = {"ctx_feat_std": zf.std(0).mean() if zf.shape[0] > 1 else zf.new_zeros(())}
         return ObjectiveOutput(loss=loss, metrics=metrics)
 

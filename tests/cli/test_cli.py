@@ -98,15 +98,14 @@ def fake_distribution(site: Path, name: str, entry_points: dict[str, dict[str, s
 
 @pytest.fixture(scope="module")
 def small_plugins() -> None:
-    """Skip (with the reason) while a built-in plugin of the small recipe cannot be imported yet."""
+    """Fail early, naming them, if a built-in plugin of the small recipe cannot be imported."""
     broken = []
     for kind, name in SMALL_PLUGINS:
         try:
             default_registry().get(kind, name)
         except JepaflowError as exc:
             broken.append(f"{kind} {name}: {exc.problem}")
-    if broken:
-        pytest.skip("built-in plugins not importable yet: " + "; ".join(broken))
+    assert not broken, "built-in plugins failed to import: " + "; ".join(broken)
 
 
 # ------------------------------------------------------------------------------------------------ basics
@@ -219,8 +218,7 @@ def test_plugins_list_shows_every_builtin():
             assert (kind, name) in rows, f"{kind} {name} missing"
             assert rows[(kind, name)][2:4] == ["jepaflow", __import__("jepaflow").__version__]
     broken = [f"{k} {n}: {r[4]}" for (k, n), r in rows.items() if r[2] == "jepaflow" and r[4] != "ok"]
-    if broken:
-        pytest.skip("built-in plugins not importable yet: " + "; ".join(broken))
+    assert not broken, "built-in plugins failed to import: " + "; ".join(broken)
 
 
 def test_plugins_show_describes_the_config_fields(small_plugins):
