@@ -41,6 +41,9 @@ class OptimConfig(_Strict):
     """AdamW with per-step schedules (I-JEPA, Assran et al. 2023, appendix; facebookresearch/ijepa
     ``src/helper.py:init_opt``). Epoch-valued fields are converted to steps with the loader's length."""
 
+    name: Literal["adamw", "lars"] = Field(
+        "adamw", description="adamw (I-JEPA, MAE, data2vec, LeJEPA); lars (SimCLR, BYOL, VICReg on ImageNet)"
+    )
     epochs: int = Field(300, ge=1, description="training length in epochs")
     lr: float = Field(1e-3, gt=0, description="peak learning rate, reached after warmup")
     start_lr: float = Field(2e-4, ge=0, description="learning rate at step 0 of the linear warmup")
@@ -52,6 +55,8 @@ class OptimConfig(_Strict):
         1.0, gt=0, description="schedules span ipe_scale x the run (official code's 'ipe_scale'; 1.0 = the run)"
     )
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    momentum: float = Field(0.9, ge=0, lt=1, description="LARS (SGD) momentum")
+    lars_eta: float = Field(0.001, gt=0, description="LARS trust coefficient (You et al. 2017)")
     eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
     grad_clip: float | None = Field(None, gt=0, description="clip the global grad norm to this (None: off)")
     accum_steps: int = Field(1, ge=1, description="micro-batches accumulated per optimizer step")

@@ -1,6 +1,11 @@
-"""AdamW with the I-JEPA parameter groups: no weight decay on biases and 1-D parameters (norm weights),
+"""Optimizers with the I-JEPA parameter groups: no weight decay on biases and 1-D parameters (norm weights),
 as facebookresearch/ijepa ``src/helper.py:init_opt``. Learning rate and weight decay are set per step by the
-trainer from :mod:`jepaflow.schedules`; groups marked ``apply_wd`` follow the weight-decay schedule."""
+trainer from :mod:`jepaflow.schedules`; groups marked ``apply_wd`` follow the weight-decay schedule.
+
+``adamw`` is torch's AdamW. ``lars`` is SGD with momentum and layer-wise trust ratios (You et al. 2017, "Large
+Batch Training of Convolutional Networks"), as used by SimCLR, BYOL and VICReg on ImageNet; biases and 1-D
+parameters are excluded from both weight decay and the trust-ratio adaptation, as those papers do.
+"""
 
 from __future__ import annotations
 
@@ -20,12 +25,44 @@ def split_decay(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramete
     return decay, no_decay
 
 
+class LARS(torch.optim.Optimizer):
+    """SGD + momentum with a per-tensor trust ratio ``eta * ||w|| / ||g + wd * w||`` (groups with ``lars=False``
+    are plain SGD + momentum). Decoupled from the schedule: ``lr`` and ``weight_decay`` are set per step."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, eta: float = 0.001, weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, momentum=momentum, eta=eta, weight_decay=weight_decay, lars=True))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad.add(p, alpha=g["weight_decay"]) if g["weight_decay"] else p.grad.clone()
+                if g["lars"]:
+                    w_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
+                    # trust ratio stays a device tensor (no host sync); 1 where either norm is 0
+                    ratio = torch.where((w_norm > 0) & (d_norm > 0), g["eta"] * w_norm / d_norm, torch.ones_like(w_norm))
+                    d.mul_(ratio)
+                buf = self.state[p].get("momentum_buffer")
+                if buf is None:
+                    buf = self.state[p]["momentum_buffer"] = d.clone()
+                else:
+                    buf.mul_(g["momentum"]).add_(d)
+                p.add_(buf, alpha=-g["lr"])
+        return loss
+
+
 def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     decay, no_decay = split_decay(module)
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay, "apply_wd": True},
         {"params": no_decay, "weight_decay": 0.0, "apply_wd": False},
     ]
+    if cfg.name == "lars":
+        groups[1]["lars"] = False
+        return LARS(groups, lr=cfg.start_lr, momentum=cfg.momentum, eta=cfg.lars_eta)
     return torch.optim.AdamW(groups, lr=cfg.start_lr, betas=cfg.betas, eps=cfg.eps)
 
 

@@ -1,0 +1,1 @@
+"""Head plugins: MLPs on pooled features (projectors, expanders, predictors). Base: jepaflow.interfaces.Head."""
