@@ -174,6 +174,13 @@ class Encoder(nn.Module, Plugin, abc.ABC):
         targets use intermediate layers. Encoders that cannot expose them raise TypeError."""
         raise TypeError(f"{type(self).__name__} does not expose intermediate layers")
 
+    def forward_masked(self, images: Tensor, mask: Tensor, mask_token: Tensor) -> Tensor:
+        """BEiT/data2vec-style input masking: the patch embeddings where ``mask`` ``(B, N)`` is True are replaced
+        by ``mask_token`` ``(D,)`` (owned by the objective) before position embeddings are added; all ``N`` tokens
+        go through the blocks; returns ``(B, N, D)`` after the final norm. Encoders that cannot do it raise
+        TypeError."""
+        raise TypeError(f"{type(self).__name__} does not support input masking with a mask token")
+
 
 class Predictor(nn.Module, Plugin, abc.ABC):
     """Predicts target-position representations from context tokens.
