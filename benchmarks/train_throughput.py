@@ -53,7 +53,7 @@ from jepaflow.engine.build import (
 from jepaflow.engine.data import MaskingCollator, SeededItems, StepBatchSampler, epoch_loader
 from jepaflow.engine.distributed import init_distributed
 from jepaflow.engine.optim import build_optimizer, set_hyperparams
-from jepaflow.engine.trainer import _autocast  # the trainer's precision rule, reused rather than restated
+from jepaflow.engine.trainer import autocast_for  # the trainer's precision rule, reused rather than restated
 from jepaflow.errors import DataError, JepaflowError
 from jepaflow.interfaces import Batch, MaskBatch
 from jepaflow.schedules import lr_at, weight_decay_at
@@ -213,7 +213,7 @@ def bench_step(recipe: Recipe, steps: int, warmup: int) -> dict[str, Any]:
         objective.train()
         win_sums: dict[str, torch.Tensor] = {}  # the trainer's on-device metric sums (read every log_every)
         for batch in micro_batches:
-            with _autocast(recipe, dev):
+            with autocast_for(recipe, dev):
                 out = objective(batch)
             (out.loss / accum).backward()
             loss_d = out.loss.detach().float()
@@ -237,7 +237,7 @@ def bench_step(recipe: Recipe, steps: int, warmup: int) -> dict[str, Any]:
     return {
         "mode": "step",
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-        "precision": "bf16" if isinstance(_autocast(recipe, dev), torch.autocast) else "fp32",
+        "precision": "bf16" if isinstance(autocast_for(recipe, dev), torch.autocast) else "fp32",
         "threads": torch.get_num_threads(),
         "batch": G,
         "accum_steps": accum,

@@ -96,7 +96,7 @@ def train(recipe: Recipe, output_dir: str | Path | None = None, resume: bool = F
         cleanup()
 
 
-def _autocast(recipe: Recipe, device: torch.device):
+def autocast_for(recipe: Recipe, device: torch.device):
     prec = recipe.train.precision
     if prec == "bf16" or (prec == "auto" and device.type == "cuda"):
         # bf16 has fp32's exponent range: no loss scaling (GradScaler) is needed.
@@ -231,7 +231,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
                     skipped_images += batch.extras.get("skipped_images", 0)
                     sync_ctx = model.no_sync() if world > 1 and j < accum - 1 else contextlib.nullcontext()
                     with sync_ctx:
-                        with _autocast(recipe, dev):
+                        with autocast_for(recipe, dev):
                             out = model(batch)
                         (out.loss / accum).backward()
                     loss_d = out.loss.detach().float()
