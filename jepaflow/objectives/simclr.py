@@ -70,7 +70,7 @@ def nt_xent_logits(
     local = torch.arange(b, device=z1.device) + offset  # rows of the local images in z*_all
     self_idx = torch.cat([local, local + n])  # (2B,) each anchor's own column
     positives = torch.cat([local + n, local])  # view 1's positive is its view 2, and vice versa
-    is_self = F.one_hot(self_idx, 2 * n).bool()
+    is_self = torch.arange(2 * n, device=z1.device) == self_idx[:, None]  # (2B, 2N') bool, no int64 one-hot
     return logits.masked_fill(is_self, float("-inf")), positives
 
 
