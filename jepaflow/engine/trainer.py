@@ -141,6 +141,10 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
     # ---- model, optimizer (same seed on every rank, so every replica starts identical)
     torch.manual_seed(recipe.seed)
     objective = build_objective(recipe).to(info.device)
+    if world > 1 and info.device.type == "cuda":
+        # Global BatchNorm statistics across processes (SimCLR sec. 2.2; the VICReg and BYOL code use
+        # SyncBatchNorm). A no-op for models without BatchNorm, such as the ViTs. Not available on CPU.
+        objective = torch.nn.SyncBatchNorm.convert_sync_batchnorm(objective)
     masker = build_masker(recipe)
     updater = build_target_updater(recipe)
     grid = objective.representation_encoder().grid_size
