@@ -255,6 +255,34 @@ class VisionTransformerEncoder(Encoder):
                 outputs.append(x)
         return outputs
 
+    def forward_masked(self, images: Tensor, mask: Tensor, mask_token: Tensor) -> Tensor:
+        """BEiT/data2vec input masking: every patch still enters the blocks, masked ones as ``mask_token``.
+
+        Args:
+            images: ``(B, C, H, W)``, any size divisible by the patch size.
+            mask: ``(B, N)`` bool, True where the patch embedding is replaced.
+            mask_token: ``(D,)`` learned embedding (owned by the objective).
+        Returns:
+            ``(B, N, D)`` after the final LayerNorm.
+
+        The token replaces the patch embedding *before* the position embedding is added, so masked tokens still
+        carry their place in the grid (BEiT, Bao et al. 2022, sec. 2.3; facebookresearch/data2vec_vision
+        ``beit/modeling_cyclical.py:forward_features``: ``x * (1 - w) + mask_token * w`` then ``+ pos_embed``).
+        """
+        H, W = images.shape[-2:]
+        p = self.patch_size
+        if H % p or W % p:
+            raise ValueError(f"image size {H}x{W} is not divisible by the patch size {p}")
+        x = self.patch_embed(images)  # (B, N, D)
+        if mask.shape != x.shape[:2]:
+            raise ValueError(f"mask has shape {tuple(mask.shape)}, expected {tuple(x.shape[:2])} (B, N)")
+        # torch.where keeps the graph to both the patch embedding and the token (gradients reach each where used)
+        x = torch.where(mask.unsqueeze(-1), mask_token.to(x.dtype), x)
+        x = x + self._pos_for_grid((H // p, W // p))
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
     def extra_repr(self) -> str:
         return f"grid_size={self.grid_size}, patch_size={self.patch_size}, embed_dim={self.embed_dim}"
 
