@@ -148,7 +148,7 @@ def test_missing_recipe_file_exits_2():
 def test_unknown_plugin_name_lists_the_installed_ones(tmp_path):
     result = invoke("validate", str(write_recipe(tmp_path, {"encoder": {"name": "vitt"}})))
     assert result.exit_code == 2
-    assert "encoder.name: no encoder plugin named 'vitt' (installed: timm_vit, vit)" in result.stderr
+    assert "encoder.name: no encoder plugin named 'vitt' (installed: timm_cnn, timm_vit, vit)" in result.stderr
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
