@@ -52,11 +52,10 @@ from jepaflow.engine.build import (
 )
 from jepaflow.engine.data import MaskingCollator, SeededItems, StepBatchSampler, epoch_loader
 from jepaflow.engine.distributed import init_distributed
-from jepaflow.engine.optim import build_optimizer, set_hyperparams
-from jepaflow.engine.trainer import autocast_for  # the trainer's precision rule, reused rather than restated
+from jepaflow.engine.optim import build_optimizer
+from jepaflow.engine.trainer import autocast_for, optimizer_step  # the trainer's own step and precision rule
 from jepaflow.errors import DataError, JepaflowError
 from jepaflow.interfaces import Batch, MaskBatch
-from jepaflow.schedules import lr_at, weight_decay_at
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPES = ["recipes/quickstart.yaml", "recipes/fashion_mnist_ijepa.yaml"]
@@ -206,28 +205,11 @@ def bench_step(recipe: Recipe, steps: int, warmup: int) -> dict[str, Any]:
         sync(dev)
         t0 = time.perf_counter()
 
-        # ---- timed: the body of the trainer's step
-        lr = lr_at(step, warm_sched, sched_total, o_cfg.start_lr, o_cfg.lr, o_cfg.final_lr)
-        wd = weight_decay_at(step, sched_total, o_cfg.weight_decay, o_cfg.final_weight_decay)
-        set_hyperparams(optimizer, lr, wd)
-        objective.train()
+        # ---- timed: the trainer's own optimizer step
         win_sums: dict[str, torch.Tensor] = {}  # the trainer's on-device metric sums (read every log_every)
-        for batch in micro_batches:
-            with autocast_for(recipe, dev):
-                out = objective(batch)
-            (out.loss / accum).backward()
-            loss_d = out.loss.detach().float()
-            nonfinite |= ~torch.isfinite(loss_d)
-            for k, v in {"loss": loss_d, **out.metrics}.items():
-                v = v.detach().float() / accum
-                win_sums[k] = win_sums[k] + v if k in win_sums else v
-        if o_cfg.grad_clip is not None:
-            gn = torch.nn.utils.clip_grad_norm_(params, o_cfg.grad_clip).detach().float()
-            nonfinite |= ~torch.isfinite(gn)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if updater is not None:
-            updater.update(objective.target_pairs(), step, sched_total)
+        optimizer_step(recipe, objective, objective, optimizer, updater, micro_batches, step=step,
+                       warmup=warm_sched, sched_total=sched_total, win_sums=win_sums, nonfinite=nonfinite,
+                       params=params)
         sync(dev)
         if step >= warmup:
             step_s.append(time.perf_counter() - t0)

@@ -104,6 +104,45 @@ def autocast_for(recipe: Recipe, device: torch.device):
     return contextlib.nullcontext()
 
 
+def optimizer_step(recipe: Recipe, model: torch.nn.Module, objective: torch.nn.Module,
+                   optimizer: torch.optim.Optimizer, updater, micro_batches: list, *, step: int, warmup: int,
+                   sched_total: int, win_sums: dict[str, torch.Tensor], nonfinite: torch.Tensor,
+                   params: list[torch.nn.Parameter]) -> tuple[float, float, dict[str, float]]:
+    """One optimizer step over ``micro_batches`` (already on the device): schedules, forward/backward per
+    micro-batch (DDP syncs gradients on the last one only), optional clipping, optimizer, target update.
+
+    Metrics are added to ``win_sums`` and non-finite losses/gradient norms flagged in ``nonfinite``, both on the
+    device: nothing here waits for the host. Also timed by ``benchmarks/train_throughput.py``.
+    Returns ``(lr, wd, target-updater scalars)``.
+    """
+    o_cfg = recipe.optim
+    accum = len(micro_batches)
+    lr = lr_at(step, warmup, sched_total, o_cfg.start_lr, o_cfg.lr, o_cfg.final_lr)
+    wd = weight_decay_at(step, sched_total, o_cfg.weight_decay, o_cfg.final_weight_decay)
+    set_hyperparams(optimizer, lr, wd)
+    objective.train()
+    ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+    for j, batch in enumerate(micro_batches):
+        sync_ctx = model.no_sync() if ddp and j < accum - 1 else contextlib.nullcontext()
+        with sync_ctx:
+            with autocast_for(recipe, batch.images.device):
+                out = model(batch)
+            (out.loss / accum).backward()
+        loss_d = out.loss.detach().float()
+        nonfinite |= ~torch.isfinite(loss_d)
+        for k, v in {"loss": loss_d, **out.metrics}.items():
+            v = v.detach().float() / accum
+            win_sums[k] = win_sums[k] + v if k in win_sums else v
+    if o_cfg.grad_clip is not None:
+        gn = torch.nn.utils.clip_grad_norm_(params, o_cfg.grad_clip).detach().float()
+        nonfinite |= ~torch.isfinite(gn)  # a finite loss can still have an infinite gradient
+        win_sums["grad_norm"] = win_sums["grad_norm"] + gn if "grad_norm" in win_sums else gn
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scalars = updater.update(objective.target_pairs(), step, sched_total) if updater is not None else {}
+    return lr, wd, scalars
+
+
 def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[str, Any]:
     t_cfg, o_cfg = recipe.train, recipe.optim
     last_ckpt = run_dir / "checkpoints" / "last.pt"
@@ -226,31 +265,12 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
             for _ in range(start, steps_per_epoch):
                 if step >= run_steps:
                     break
-                lr = lr_at(step, warmup, sched_total, o_cfg.start_lr, o_cfg.lr, o_cfg.final_lr)
-                wd = weight_decay_at(step, sched_total, o_cfg.weight_decay, o_cfg.final_weight_decay)
-                set_hyperparams(optimizer, lr, wd)
-                objective.train()
-                for j in range(accum):
-                    batch = next(batches).to(dev, non_blocking=True)
-                    skipped_images += batch.extras.get("skipped_images", 0)
-                    sync_ctx = model.no_sync() if world > 1 and j < accum - 1 else contextlib.nullcontext()
-                    with sync_ctx:
-                        with autocast_for(recipe, dev):
-                            out = model(batch)
-                        (out.loss / accum).backward()
-                    loss_d = out.loss.detach().float()
-                    nonfinite |= ~torch.isfinite(loss_d)
-                    for k, v in {"loss": loss_d, **out.metrics}.items():
-                        v = v.detach().float() / accum
-                        win_sums[k] = win_sums[k] + v if k in win_sums else v
-                if o_cfg.grad_clip is not None:
-                    gn = torch.nn.utils.clip_grad_norm_(params, o_cfg.grad_clip).detach().float()
-                    nonfinite |= ~torch.isfinite(gn)  # a finite loss can still have an infinite gradient
-                    win_sums["grad_norm"] = win_sums.get("grad_norm", 0) + gn
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if updater is not None:
-                    extra_scalars = updater.update(objective.target_pairs(), step, sched_total)
+                micro = [next(batches).to(dev, non_blocking=True) for _ in range(accum)]
+                skipped_images += sum(b.extras.get("skipped_images", 0) for b in micro)
+                lr, wd, upd = optimizer_step(recipe, model, objective, optimizer, updater, micro, step=step,
+                                             warmup=warmup, sched_total=sched_total, win_sums=win_sums,
+                                             nonfinite=nonfinite, params=params)
+                extra_scalars = upd or extra_scalars
                 step += 1
                 win_steps += 1
                 progress.advance()
