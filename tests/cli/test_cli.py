@@ -311,7 +311,6 @@ def test_a_name_collision_names_both_packages(tmp_path, fake_site):
 
 # ------------------------------------------------------------------------------------------------ masks, run
 def test_masks_prints_the_statistics_of_the_recipe_masks_and_writes_a_png(tmp_path, small_plugins):
-    pytest.importorskip("jepaflow.cli.masks")
     import torch
 
     from jepaflow.config import load_recipe
@@ -340,7 +339,6 @@ def test_masks_prints_the_statistics_of_the_recipe_masks_and_writes_a_png(tmp_pa
 
 
 def test_run_trains_and_user_errors_exit_2(tmp_path, small_plugins):
-    pytest.importorskip("jepaflow.engine.trainer")
     path = write_recipe(tmp_path)
     out = tmp_path / "elsewhere"
     result = invoke("run", str(path), "--set", "train.max_steps=2", "--output", str(out))
