@@ -23,11 +23,10 @@ from pydantic import Field, field_validator
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
-from jepaflow.encoders.vit import key_padding_attn_mask
 from jepaflow.errors import JepaflowError
 from jepaflow.interfaces import Encoder, PluginConfig
-from jepaflow.layers.masking import gather_tokens
 from jepaflow.layers.pos_embed import resize_pos_embed
+from jepaflow.layers.transformer import encode_tokens, last_block_outputs
 
 #: constructor arguments this plugin sets itself; ``model_kwargs`` may not override them.
 _FORCED_KWARGS: dict[str, Any] = {"num_classes": 0, "global_pool": "", "class_token": False, "reg_tokens": 0}
@@ -196,26 +195,11 @@ class TimmViTEncoder(Encoder):
         Returns:
             ``(B, K, D)`` (``(B, N, D)`` without ``keep``), after the final norm.
         """
-        x = self.embed_patches(images)
-        if keep is not None:
-            x = gather_tokens(x, keep)
-        attn_mask = key_padding_attn_mask(keep_valid)  # (B, 1, 1, K): hides padded keys from every query
-        for block in self.model.blocks:
-            x = block(x, attn_mask=attn_mask)
-        return self.model.norm(x)
+        return encode_tokens(self.embed_patches(images), self.model.blocks, self.model.norm, keep, keep_valid)
 
     def forward_layers(self, images: Tensor, layers: int) -> list[Tensor]:
         """Outputs ``(B, N, D)`` of the last ``layers`` blocks, oldest first, before the final norm."""
-        if not 1 <= layers <= self.depth:
-            raise ValueError(f"layers must be in [1, {self.depth}], got {layers}")
-        x = self.embed_patches(images)
-        outputs: list[Tensor] = []
-        first = self.depth - layers
-        for i, block in enumerate(self.model.blocks):
-            x = block(x)
-            if i >= first:
-                outputs.append(x)
-        return outputs
+        return last_block_outputs(self.embed_patches(images), self.model.blocks, layers)
 
     def extra_repr(self) -> str:
         return f"model_name={self.config.model_name!r}, grid_size={self.grid_size}, embed_dim={self.embed_dim}"

@@ -18,8 +18,8 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from jepaflow.interfaces import Encoder, PluginConfig
-from jepaflow.layers.masking import gather_tokens
 from jepaflow.layers.pos_embed import sincos_pos_embed_2d
+from jepaflow.layers.transformer import encode_tokens, key_padding_attn_mask, last_block_outputs
 
 #: size -> (embed_dim, depth, num_heads, mlp_ratio), as the reference's ``vit_tiny`` ... ``vit_giant``.
 VIT_SIZES: dict[str, tuple[int, int, int, float]] = {
@@ -38,21 +38,6 @@ LN_EPS = 1e-6
 # ------------------------------------------------------------------------------------------------------------
 # Pure helpers shared with the predictor
 # ------------------------------------------------------------------------------------------------------------
-
-
-def key_padding_attn_mask(valid: Tensor | None) -> Tensor | None:
-    """SDPA boolean mask that hides padded keys.
-
-    Args:
-        valid: ``(B, L)`` bool, False for padding; or None.
-    Returns:
-        ``(B, 1, 1, L)`` bool (True = may be attended to), broadcast over heads and queries; None for None.
-        Only keys are masked: a padded query still attends to the valid keys, so its (discarded) output stays
-        finite, and valid tokens never see padding.
-    """
-    if valid is None:
-        return None
-    return valid[:, None, None, :].to(torch.bool)
 
 
 def make_blocks(
@@ -234,26 +219,11 @@ class VisionTransformerEncoder(Encoder):
         Returns:
             ``(B, K, D)`` (``(B, N, D)`` without ``keep``), after the final LayerNorm.
         """
-        x = self.embed_patches(images)
-        if keep is not None:
-            x = gather_tokens(x, keep)
-        attn_mask = key_padding_attn_mask(keep_valid)
-        for block in self.blocks:
-            x = block(x, attn_mask=attn_mask)
-        return self.norm(x)
+        return encode_tokens(self.embed_patches(images), self.blocks, self.norm, keep, keep_valid)
 
     def forward_layers(self, images: Tensor, layers: int) -> list[Tensor]:
         """Outputs ``(B, N, D)`` of the last ``layers`` blocks, oldest first, before the final norm."""
-        if not 1 <= layers <= self.depth:
-            raise ValueError(f"layers must be in [1, {self.depth}], got {layers}")
-        x = self.embed_patches(images)
-        outputs: list[Tensor] = []
-        first = self.depth - layers
-        for i, block in enumerate(self.blocks):
-            x = block(x)
-            if i >= first:
-                outputs.append(x)
-        return outputs
+        return last_block_outputs(self.embed_patches(images), self.blocks, layers)
 
     def forward_masked(self, images: Tensor, mask: Tensor, mask_token: Tensor) -> Tensor:
         """BEiT/data2vec input masking: every patch still enters the blocks, masked ones as ``mask_token``.
