@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from jepaflow.datasets.transforms import ImageDataConfig, check_split, resize_stack
+from jepaflow.datasets.base import ImageDataset
+from jepaflow.datasets.transforms import ImageDataConfig, resize_stack
 from jepaflow.errors import DataError
-from jepaflow.interfaces import Dataset
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -38,7 +38,7 @@ def load_digits_uint8() -> tuple[np.ndarray, np.ndarray]:
     return images, bunch.target.astype(np.int64)
 
 
-class DigitsDataset(Dataset):
+class DigitsDataset(ImageDataset):
     """8x8 digits upsampled (bilinear) to ``image_size``; 80/20 stratified split with a fixed seed by default
     (1438 train / 359 test)."""
 
@@ -54,13 +54,7 @@ class DigitsDataset(Dataset):
     num_classes = 10
 
     def __init__(self, config: Config, split: str = "train", augment: bool = False, transform=None):
-        super().__init__()
-        self.config = config
-        self.split = check_split(split)
-        self.image_size = config.image_size
-        self.channels = config.channels
-        self.transform = transform if transform is not None else config.make_transform(augment)
-        self.skipped = 0
+        super().__init__(config, split, augment, transform)
         images, labels = load_digits_uint8()
         train_idx, test_idx = stratified_split(labels, config.test_fraction, config.split_seed)
         idx = train_idx if split == "train" else test_idx

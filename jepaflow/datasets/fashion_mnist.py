@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from jepaflow.datasets.transforms import ImageDataConfig, check_split, resize_stack
+from jepaflow.datasets.base import ImageDataset
+from jepaflow.datasets.transforms import ImageDataConfig, resize_stack
 from jepaflow.errors import DataError
-from jepaflow.interfaces import Dataset
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -90,7 +90,7 @@ def load_split(root: str, split: str, limit: int | None = None) -> tuple[np.ndar
     return images, labels.astype(np.int64)
 
 
-class FashionMNISTDataset(Dataset):
+class FashionMNISTDataset(ImageDataset):
     """Fashion-MNIST as ``(C, image_size, image_size)`` float images, labels 0..9.
 
     The split is decoded once into a ``(N, 1, image_size, image_size)`` uint8 tensor (bilinear resize when
@@ -110,13 +110,7 @@ class FashionMNISTDataset(Dataset):
     classes = CLASSES
 
     def __init__(self, config: Config, split: str = "train", augment: bool = False, transform=None):
-        super().__init__()
-        self.config = config
-        self.split = check_split(split)
-        self.image_size = config.image_size
-        self.channels = config.channels
-        self.transform = transform if transform is not None else config.make_transform(augment)
-        self.skipped = 0
+        super().__init__(config, split, augment, transform)
         root = os.path.expanduser(config.root)
         if not os.path.isdir(root):
             raise DataError(f"Fashion-MNIST folder {root!r} does not exist", _GET_IT)

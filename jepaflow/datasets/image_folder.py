@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 from pydantic import Field
 
-from jepaflow.datasets.transforms import ImageDataConfig, check_split
+from jepaflow.datasets.base import ImageDataset
+from jepaflow.datasets.transforms import ImageDataConfig
 from jepaflow.errors import DataError
-from jepaflow.interfaces import Dataset
 
 #: lower-case file extensions read as images
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
@@ -52,7 +52,7 @@ def _scan_class(class_dir: str, prefix: str) -> list[str]:
     return out
 
 
-class ImageFolderDataset(Dataset):
+class ImageFolderDataset(ImageDataset):
     """Images in ``root/<train_dir | test_dir>/<class>/``, labelled by class folder (sorted names -> 0..C-1).
 
     The class list comes from the train folder for both splits (so that labels agree); when only the test
@@ -69,13 +69,7 @@ class ImageFolderDataset(Dataset):
         # image_size=224, channels=3 (1: decode as grey), ImageNet mean/std, crop_scale=(0.3, 1.0): inherited.
 
     def __init__(self, config: Config, split: str = "train", augment: bool = False, transform=None):
-        super().__init__()
-        self.config = config
-        self.split = check_split(split)
-        self.image_size = config.image_size
-        self.channels = config.channels
-        self.transform = transform if transform is not None else config.make_transform(augment)
-        self.skipped = 0
+        super().__init__(config, split, augment, transform)
         self._bad: set[int] = set()
 
         root = os.path.expanduser(config.root)

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from jepaflow.datasets.transforms import ImageDataConfig, check_split
-from jepaflow.interfaces import Dataset
+from jepaflow.datasets.base import ImageDataset
+from jepaflow.datasets.transforms import ImageDataConfig
 
 #: class index -> shape; the first ``num_classes`` are used
 SHAPES: tuple[str, ...] = ("disc", "square", "triangle", "cross", "ring", "diamond", "stripes", "frame")
@@ -79,7 +79,7 @@ def render_shape(shape: str, rng: np.random.Generator, image_size: int, channels
     return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
 
 
-class SyntheticShapesDataset(Dataset):
+class SyntheticShapesDataset(ImageDataset):
     """``num_classes`` procedural shapes (see :data:`SHAPES`), balanced: item ``i`` has label
     ``i % num_classes``; its image is generated on the fly, deterministically from ``(seed, split, i)``."""
 
@@ -95,15 +95,9 @@ class SyntheticShapesDataset(Dataset):
         std: tuple[float, ...] = Field((0.2867,), description="normalization std")
 
     def __init__(self, config: Config, split: str = "train", augment: bool = False, transform=None):
-        super().__init__()
-        self.config = config
-        self.split = check_split(split)
-        self.image_size = config.image_size
-        self.channels = config.channels
+        super().__init__(config, split, augment, transform)
         self.num_classes = config.num_classes
         self.classes = SHAPES[: config.num_classes]
-        self.transform = transform if transform is not None else config.make_transform(augment)
-        self.skipped = 0
         self._length = config.num_train if split == "train" else config.num_test
 
     def __len__(self) -> int:
