@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
+from gloo import gloo_group, spawn_ranks
 
 from jepaflow.layers import distributed as D
 
@@ -32,11 +32,7 @@ def rank_weights(r: int, world: int) -> torch.Tensor:
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, init_file):
         x = rank_input(rank).requires_grad_(True)
         gathered = D.all_gather_with_grad(x)
         loss = (rank_weights(rank, 2) * gathered).sum() + (gathered[rank * B:(rank + 1) * B] ** 2).sum()
@@ -44,20 +40,10 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         plain = D.all_gather_no_grad(x * 2)
         torch.save({"world": D.world_size(), "rank": D.rank(), "gathered": gathered.detach(), "grad": x.grad,
                     "plain": plain, "plain_grad": plain.requires_grad}, f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 def test_two_gloo_processes_gather_values_and_gradients(tmp_path):
-    import torch.distributed as dist
-    import torch.multiprocessing as mp
-
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
-    try:
-        mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    except OSError as exc:  # e.g. a sandbox without process spawning or shared memory
-        pytest.skip(f"cannot spawn processes here: {exc}")
+    spawn_ranks(_worker, tmp_path)
     everything = torch.cat([rank_input(0), rank_input(1)])
     for r in range(2):
         out = torch.load(tmp_path / f"rank{r}.pt")

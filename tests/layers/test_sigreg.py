@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from gloo import gloo_group, spawn_ranks
 
 import jepaflow.layers.sigreg as sigreg_mod
 from jepaflow.layers.sigreg import (
@@ -197,31 +198,23 @@ def test_ecf_is_averaged_over_ranks(monkeypatch):
 
 
 def _two_rank_worker(rank: int, init_file: str, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, init_file):
         x = torch.load(f"{out_dir}/x.pt")[rank * 32:(rank + 1) * 32].clone().requires_grad_(True)
         dirs = torch.load(f"{out_dir}/dirs.pt")
         loss = sigreg(x, dirs)
         loss.backward()
         torch.save({"loss": loss.detach(), "grad": x.grad}, f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 def test_two_real_ranks_match_one_process(tmp_path):
     """gloo, 2 processes, 32 rows each: every rank gets the statistic of all 64 rows, and its gradient (after
     the 1/world averaging DDP applies) is the single-process gradient of its rows."""
-    import torch.multiprocessing as mp
-
     g = torch.Generator().manual_seed(8)
     x = torch.randn(64, 6, generator=g) * torch.linspace(0.5, 2.0, 6)
     dirs = random_directions(6, 16, g)
     torch.save(x, tmp_path / "x.pt")
     torch.save(dirs, tmp_path / "dirs.pt")
-    mp.spawn(_two_rank_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    spawn_ranks(_two_rank_worker, tmp_path)
     xf = x.clone().requires_grad_(True)
     full = sigreg(xf, dirs)
     full.backward()
