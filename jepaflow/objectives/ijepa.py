@@ -13,6 +13,14 @@ Per batch (shapes for B images, N patches, M target blocks of K_tgt patches, a c
     loss = smooth_l1(p, y)   (official code)   or   (1/M) sum_m sum_j ||p - y||^2   (paper, eq. 1)
 
 The target encoder is a copy of the encoder updated only by the TargetUpdater (EMA).
+
+Optional, off by default (``sigreg_weight: 0``), and not part of I-JEPA as published: an anti-collapse term on the
+context embeddings, LeJEPA's SIGReg (Balestriero & LeCun 2025, arXiv 2511.08544; ``jepaflow.layers.sigreg``)::
+
+    loss = loss + sigreg_weight * SIGReg(mean_k z[:, k])      the pooled context features, (B, D)
+
+It pushes the pooled context features of a batch towards an isotropic Gaussian, which forbids the dimensional
+collapse that small-scale I-JEPA runs show (docs/results/small_scale_ijepa.md measures its effect).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from torch import Tensor
 
 from jepaflow.interfaces import Batch, Encoder, Objective, ObjectiveOutput, PluginConfig, Predictor
 from jepaflow.layers.masking import gather_tokens
+from jepaflow.layers.sigreg import SIGReg
 
 
 def ijepa_loss(pred: Tensor, target: Tensor, valid: Tensor | None, kind: str, beta: float = 1.0) -> Tensor:
@@ -53,6 +62,14 @@ def ijepa_loss(pred: Tensor, target: Tensor, valid: Tensor | None, kind: str, be
     raise ValueError(f"unknown I-JEPA loss {kind!r}")
 
 
+def masked_mean(tokens: Tensor, valid: Tensor | None) -> Tensor:
+    """Mean over the valid tokens: ``(B, K, D)``, ``(B, K)`` bool or None -> ``(B, D)``."""
+    if valid is None:
+        return tokens.mean(1)
+    w = valid.unsqueeze(-1).to(tokens.dtype)
+    return (tokens * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
 class IJEPAObjective(Objective):
     """I-JEPA (Assran et al. 2023): context encoder + predictor regress the EMA target encoder's normalized
     patch representations of the target blocks. Default loss: smooth-L1 as in the official code."""
@@ -62,6 +79,12 @@ class IJEPAObjective(Objective):
             "smooth_l1", description="smooth_l1: official code (default); l2: the paper's eq. (1)"
         )
         smooth_l1_beta: float = Field(1.0, gt=0, description="smooth-L1 transition point (official: 1.0)")
+        sigreg_weight: float = Field(
+            0.0, ge=0,
+            description="weight of LeJEPA's SIGReg on the pooled context features, added to the loss; 0: off "
+            "(I-JEPA as published). Not in the paper: an anti-collapse option for small-scale runs",
+        )
+        sigreg_slices: int = Field(256, ge=1, description="random 1-D directions per step for the SIGReg term")
 
     requires: ClassVar[frozenset[str]] = frozenset({"encoder", "predictor", "masker", "target_updater"})
 
@@ -73,6 +96,8 @@ class IJEPAObjective(Objective):
         # The target starts as an exact copy (official: copy.deepcopy(encoder)) and never receives gradients.
         self.target_encoder = copy.deepcopy(encoder)
         self.target_encoder.requires_grad_(False)
+        # Only built when used, so that the default objective's state dict stays what it always was.
+        self.sigreg = SIGReg(config.sigreg_slices) if config.sigreg_weight > 0 else None
 
     def forward(self, batch: Batch) -> ObjectiveOutput:
         masks = batch.masks
@@ -85,15 +110,17 @@ class IJEPAObjective(Objective):
         z = self.encoder(batch.images, masks.context, masks.context_valid)  # (B, K_ctx, D)
         p = self.predictor(z, masks.context, masks.targets, masks.context_valid, masks.targets_valid)
         loss = ijepa_loss(p.float(), y.float(), masks.targets_valid, self.config.loss, self.config.smooth_l1_beta)
+        zf = masked_mean(z.float(), masks.context_valid)  # (B, D) pooled context features
+        metrics = {}
+        if self.sigreg is not None:
+            reg = self.sigreg(zf)
+            metrics["pred_loss"] = loss.detach()
+            metrics["sigreg"] = reg.detach()
+            loss = loss + self.config.sigreg_weight * reg
         with torch.no_grad():
-            # Collapse monitors: the per-dimension std of (unnormalized) context features across the batch.
-            zd = z.detach().float()
-            if masks.context_valid is None:
-                zf = zd.mean(1)  # (B, D)
-            else:
-                w = masks.context_valid.unsqueeze(-1).float()
-                zf = (zd * w).sum(1) / w.sum(1).clamp_min(1.0)
-            metrics = {"ctx_feat_std": zf.std(0).mean() if zf.shape[0] > 1 else zf.new_zeros(())}
+            # Collapse monitor: the per-dimension std of (unnormalized) pooled context features across the batch.
+            zd = zf.detach()
+            metrics["ctx_feat_std"] = zd.std(0).mean() if zd.shape[0] > 1 else zd.new_zeros(())
         return ObjectiveOutput(loss=loss, metrics=metrics)
 
     def target_pairs(self):

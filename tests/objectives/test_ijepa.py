@@ -62,3 +62,30 @@ def test_objective_targets_and_gradients():
     # the target starts as an exact copy
     for a, b in zip(obj.encoder.parameters(), obj.target_encoder.parameters()):
         assert torch.equal(a, b)
+
+
+def test_sigreg_option_adds_the_regularizer_and_is_off_by_default():
+    from jepaflow.layers.sigreg import sigreg
+    from jepaflow.objectives.ijepa import masked_mean
+
+    base = _objective()
+    assert base.sigreg is None and not any("sigreg" in k for k in base.state_dict())
+    torch.manual_seed(0)
+    obj = IJEPAObjective(IJEPAObjective.Config(sigreg_weight=0.5, sigreg_slices=16),
+                         encoder=base.encoder, predictor=base.predictor)
+    imgs = torch.randn(4, 3, 32, 32)
+    ctx = torch.tensor([[0, 1, 2, 3, 4, 5]] * 4)
+    valid = torch.tensor([[True] * 6] * 3 + [[True] * 3 + [False] * 3])
+    tgt = torch.tensor([[[10, 11], [14, 15]]] * 4)
+    out = obj(Batch(images=imgs, masks=MaskBatch(context=ctx, targets=tgt, context_valid=valid)))
+    with torch.no_grad():
+        z = obj.encoder(imgs, ctx, valid)
+        pooled = masked_mean(z, valid)
+        # padded tokens do not count: the last image's mean is over its 3 valid tokens
+        assert torch.allclose(pooled[3], z[3, :3].mean(0), atol=1e-6)
+        dirs = obj.sigreg.directions(pooled.shape[1], pooled.device, 0)  # the first call's directions
+        reg = sigreg(pooled, dirs, gather=False)
+    assert torch.isclose(out.metrics["sigreg"], reg, rtol=1e-5)
+    assert torch.isclose(out.loss, out.metrics["pred_loss"] + 0.5 * reg, rtol=1e-5)
+    out.loss.backward()
+    assert obj.encoder.patch_embed.proj.weight.grad.abs().sum() > 0
