@@ -46,7 +46,9 @@ class SeededItems(torch.utils.data.Dataset):
         step, slot, pos, index = key
         skipped = getattr(self.dataset, "skipped", 0)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(mix_seed(self.seed, 1, step, slot, pos))
+            # Only the CPU generator: the transforms draw from it alone, and torch.manual_seed would also
+            # (lazily) seed every accelerator backend, ~100x the cost per item in a CUDA build.
+            torch.default_generator.manual_seed(mix_seed(self.seed, 1, step, slot, pos))
             image, label = self.dataset[index]
         # Unreadable files skipped for this item: counted per worker process, so carried back with the item.
         skipped = getattr(self.dataset, "skipped", 0) - skipped
