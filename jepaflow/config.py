@@ -84,6 +84,16 @@ class TrainConfig(_Strict):
     log_every: int = Field(10, ge=1, description="steps between metric lines (the only host syncs)")
     progress: bool = Field(True, description="show a rich progress bar on rank 0")
     pin_memory: bool = Field(True, description="pin host memory when training on CUDA")
+    monitor_every: int | None = Field(
+        100, ge=1, description="steps between label-free monitors (RankMe, feature std) of the representation "
+        "encoder on a fixed batch, and at the last step (None: off)"
+    )
+    monitor_samples: int = Field(512, ge=2, description="train images in the fixed monitor batch")
+    monitor_knn_every_epochs: int | None = Field(
+        None, ge=1, description="epochs between kNN accuracies on labelled subsets (None: off)"
+    )
+    monitor_knn_samples: int = Field(2000, ge=1, description="train images (memory bank) and test images (queries) "
+                                     "of the kNN monitor")
 
 
 class ProbeConfig(_Strict):

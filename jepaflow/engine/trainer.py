@@ -41,6 +41,7 @@ from jepaflow.engine.distributed import (
     init_distributed,
 )
 from jepaflow.engine.logging import MetricsWriter, Progress, environment, plot_curves
+from jepaflow.engine.monitor import TrainingMonitor, knn_due, monitor_due
 from jepaflow.engine.optim import build_optimizer, set_hyperparams
 from jepaflow.errors import DataError, JepaflowError, TrainingDiverged
 from jepaflow.schedules import lr_at, weight_decay_at
@@ -215,6 +216,12 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
         metrics = MetricsWriter(run_dir / "metrics.jsonl", resume_step=step if resume else None)
         print(f"jepaflow: {len(dataset)} images, {steps_per_epoch} steps/epoch, {run_steps - step} steps to run "
               f"(from step {step}) on {world} x {info.device.type}; run folder {run_dir}", flush=True)
+    monitor = None  # label-free monitors on a fixed batch, rank 0 only (engine/monitor.py)
+    if info.is_main and (t_cfg.monitor_every is not None or t_cfg.monitor_knn_every_epochs is not None):
+        monitor = TrainingMonitor(recipe, objective.representation_encoder(), info.device,
+                                  lambda: autocast_for(recipe, info.device))
+        if monitor.note:
+            print(f"jepaflow: {monitor.note}", flush=True)
     barrier(info)
 
     def save(at_step: int, nonfinite: torch.Tensor) -> None:
@@ -277,7 +284,9 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
 
                 if world == 1 and stop.signum is not None:
                     stopped_by = signal.Signals(stop.signum).name
-                at_log = step % t_cfg.log_every == 0 or step == run_steps or stopped_by is not None
+                knn_now = knn_due(step, recipe, steps_per_epoch)
+                monitor_now = monitor_due(step, recipe, run_steps) or knn_now  # also a log step, on every rank
+                at_log = step % t_cfg.log_every == 0 or step == run_steps or stopped_by is not None or monitor_now
                 if at_log:
                     if world > 1 and any_rank(stop.signum is not None, info):
                         stopped_by = signal.Signals(stop.signum).name if stop.signum else "SIGTERM (another rank)"
@@ -295,6 +304,8 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
                     if skipped_images:
                         record["skipped_images"] = skipped_images
                     record["eta_s"] = (run_steps - step) * dt / win_steps
+                    if monitor is not None and monitor_now:  # after dt: img/s leaves the monitor's time out
+                        record.update(monitor(knn=knn_now))
                     if metrics is not None:
                         metrics.write(record)
                     progress.report(record)

@@ -33,6 +33,7 @@ from pydantic import Field
 from torch import Tensor
 
 from jepaflow.interfaces import Batch, Encoder, Head, Objective, ObjectiveOutput, PluginConfig
+from jepaflow.layers.monitors import feature_std
 
 
 def byol_loss(p: Tensor, z: Tensor) -> Tensor:
@@ -112,12 +113,9 @@ class BYOLObjective(Objective):
             else:
                 loss = byol_loss(q1, t2)
         with torch.no_grad():
-            zn = F.normalize(torch.cat([z1, z2]).detach().float(), dim=-1)  # (2B, K)
-            metrics = {
+            metrics = {  # names as in docs/monitors.md
                 "pos_cosine": F.cosine_similarity(q1.detach(), t2, dim=-1).mean(),
-                # per-dimension std of the normalized online projections x sqrt(K): ~1 when spread, 0 when
-                # collapsed to one point (Chen & He 2021, sec. 4.1)
-                "emb_std": zn.std(0).mean() * zn.shape[1] ** 0.5,
+                "proj_std_norm": feature_std(torch.stack([z1, z2]), normalize=True),  # online projections
             }
         return ObjectiveOutput(loss=loss, metrics=metrics)
 

@@ -48,6 +48,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from jepaflow.interfaces import Batch, Encoder, Objective, ObjectiveOutput, PluginConfig
+from jepaflow.layers.monitors import token_std
 
 Norm = Literal["layer_norm", "instance_norm", "none"]
 
@@ -196,19 +197,9 @@ class Data2VecObjective(Objective):
         with torch.autocast(pred.device.type, enabled=False):
             loss = data2vec_loss(pred.float(), y, mask, self.config.loss, self.config.smooth_l1_beta)
         with torch.no_grad():
-            w = mask.unsqueeze(-1).float()
-            count = w.sum().clamp_min(2.0)
-
-            def masked_std(t: Tensor) -> Tensor:
-                # per-dimension std over the masked tokens, averaged over dimensions (official target_var /
-                # pred_var: collapse monitors)
-                mean = (t * w).sum((0, 1)) / count
-                var = (((t - mean) ** 2) * w).sum((0, 1)) / (count - 1)
-                return var.clamp_min(0).sqrt().mean()
-
-            metrics = {
-                "target_std": masked_std(y),
-                "pred_std": masked_std(pred.detach().float()),
+            metrics = {  # per-dimension std over the masked tokens (official target_var / pred_var)
+                "target_std": token_std(y, mask),
+                "pred_std": token_std(pred, mask),
                 "mask_ratio": mask.float().mean(),
             }
         return ObjectiveOutput(loss=loss, metrics=metrics)

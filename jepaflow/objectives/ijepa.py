@@ -35,6 +35,7 @@ from torch import Tensor
 
 from jepaflow.interfaces import Batch, Encoder, Objective, ObjectiveOutput, PluginConfig, Predictor
 from jepaflow.layers.masking import gather_tokens
+from jepaflow.layers.monitors import feature_std
 from jepaflow.layers.sigreg import SIGReg
 
 
@@ -118,9 +119,7 @@ class IJEPAObjective(Objective):
             metrics["sigreg"] = reg.detach()
             loss = loss + self.config.sigreg_weight * reg
         with torch.no_grad():
-            # Collapse monitor: the per-dimension std of (unnormalized) pooled context features across the batch.
-            zd = zf.detach()
-            metrics["ctx_feat_std"] = zd.std(0).mean() if zd.shape[0] > 1 else zd.new_zeros(())
+            metrics["ctx_feat_std"] = feature_std(zf)  # docs/monitors.md
         return ObjectiveOutput(loss=loss, metrics=metrics)
 
     def target_pairs(self):
