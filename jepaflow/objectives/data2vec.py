@@ -39,7 +39,6 @@ Paper vs code, and what we implement:
 
 from __future__ import annotations
 
-import copy
 from typing import ClassVar, Literal
 
 import torch
@@ -49,6 +48,7 @@ from torch import Tensor, nn
 
 from jepaflow.interfaces import Batch, Encoder, Objective, ObjectiveOutput, PluginConfig
 from jepaflow.layers.monitors import token_std
+from jepaflow.layers.target import TargetNetworksMixin, frozen_copy
 
 Norm = Literal["layer_norm", "instance_norm", "none"]
 
@@ -126,7 +126,7 @@ def data2vec_loss(pred: Tensor, target: Tensor, mask: Tensor, kind: str = "smoot
     return (per_elem * w).sum() / (w.sum() * pred.shape[-1]).clamp_min(1.0)
 
 
-class Data2VecObjective(Objective):
+class Data2VecObjective(TargetNetworksMixin, Objective):
     """data2vec (Baevski et al. 2022), vision: a student with masked input patches regresses, at the masked
     positions, the layer-normalized average of an EMA teacher's top K block outputs on the full image."""
 
@@ -171,16 +171,9 @@ class Data2VecObjective(Objective):
         self.head = nn.Linear(D, D)
         nn.init.trunc_normal_(self.head.weight, std=config.init_std)
         nn.init.zeros_(self.head.bias)
-        # The teacher: an EMA copy of the encoder (official ModelEmaV2 of the student), no gradient.
-        self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
-        self.target_encoder.eval()
-
-    def train(self, mode: bool = True) -> Data2VecObjective:
-        # The teacher always runs in eval mode (official: timm ModelEmaV2 keeps its copy in eval), so stochastic
-        # depth and dropout never perturb the targets.
-        super().train(mode)
-        self.target_encoder.eval()
-        return self
+        # The teacher: an EMA copy of the encoder (official ModelEmaV2 of the student), no gradient, always in eval
+        # mode (ModelEmaV2 keeps its copy in eval; TargetNetworksMixin), so stochastic depth never perturbs it.
+        self.target_encoder = frozen_copy(encoder)
 
     def forward(self, batch: Batch) -> ObjectiveOutput:
         masks = batch.masks

@@ -25,7 +25,6 @@ collapse that small-scale I-JEPA runs show (docs/results/small_scale_ijepa.md me
 
 from __future__ import annotations
 
-import copy
 from typing import ClassVar, Literal
 
 import torch
@@ -37,6 +36,7 @@ from jepaflow.interfaces import Batch, Encoder, Objective, ObjectiveOutput, Plug
 from jepaflow.layers.masking import gather_tokens
 from jepaflow.layers.monitors import feature_std
 from jepaflow.layers.sigreg import SIGReg
+from jepaflow.layers.target import TargetNetworksMixin, frozen_copy
 
 
 def ijepa_loss(pred: Tensor, target: Tensor, valid: Tensor | None, kind: str, beta: float = 1.0) -> Tensor:
@@ -71,7 +71,7 @@ def masked_mean(tokens: Tensor, valid: Tensor | None) -> Tensor:
     return (tokens * w).sum(1) / w.sum(1).clamp_min(1.0)
 
 
-class IJEPAObjective(Objective):
+class IJEPAObjective(TargetNetworksMixin, Objective):
     """I-JEPA (Assran et al. 2023): context encoder + predictor regress the EMA target encoder's normalized
     patch representations of the target blocks. Default loss: smooth-L1 as in the official code."""
 
@@ -94,9 +94,9 @@ class IJEPAObjective(Objective):
         self.config = config
         self.encoder = encoder
         self.predictor = predictor
-        # The target starts as an exact copy (official: copy.deepcopy(encoder)) and never receives gradients.
-        self.target_encoder = copy.deepcopy(encoder)
-        self.target_encoder.requires_grad_(False)
+        # The target starts as an exact copy (official: copy.deepcopy(encoder)), never receives gradients and
+        # always runs in eval mode (TargetNetworksMixin): no stochastic depth or dropout in the targets.
+        self.target_encoder = frozen_copy(encoder)
         # Only built when used, so that the default objective's state dict stays what it always was.
         self.sigreg = SIGReg(config.sigreg_slices) if config.sigreg_weight > 0 else None
 
