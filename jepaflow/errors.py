@@ -32,6 +32,10 @@ class PluginError(JepaflowError):
     """A plugin that is unknown, failed to import, or whose name two packages claim."""
 
 
+class ContractError(PluginError):
+    """A plugin whose output breaks its kind's contract (``jepaflow.testing``), found before training."""
+
+
 class DataError(JepaflowError):
     """A data set that cannot be read (missing folder, no images, bad files)."""
 

@@ -31,7 +31,7 @@ import yaml
 from jepaflow.config import Recipe
 from jepaflow.engine import checkpoint as ckpt_io
 from jepaflow.engine.build import build_dataset, build_masker, build_objective, build_target_updater
-from jepaflow.engine.data import MaskingCollator, StepBatchSampler, epoch_loader
+from jepaflow.engine.data import MaskingCollator, StepBatchSampler, epoch_loader, mix_seed
 from jepaflow.engine.distributed import (
     DistInfo,
     all_reduce_mean_,
@@ -189,7 +189,13 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
     updater = build_target_updater(recipe)
     grid = objective.representation_encoder().grid_size
     if masker is not None:
-        masker.check(grid)
+        # Masker.check, then the masks of this rank's first micro-batch (same seed as the collator's) checked
+        # against the masker contract: a broken masker is named here, not inside step 0 (jepaflow.testing).
+        from jepaflow.testing import check_masker
+
+        first = int(saved["step"]) if saved is not None else 0
+        gen = torch.Generator().manual_seed(mix_seed(recipe.seed, 2, first, info.rank * accum))
+        check_masker(masker, grid, G // (world * accum), gen, name=recipe.components["masker"].name)
     optimizer = build_optimizer(objective, o_cfg)
     params = [p for p in objective.parameters() if p.requires_grad]
 

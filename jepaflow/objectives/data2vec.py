@@ -155,6 +155,7 @@ class Data2VecObjective(TargetNetworksMixin, Objective):
         )
 
     requires: ClassVar[frozenset[str]] = frozenset({"encoder", "masker", "target_updater"})
+    needs: ClassVar[frozenset[str]] = frozenset({"intermediate_layers", "mask_token"})
 
     def __init__(self, config: Config, *, encoder: Encoder):
         super().__init__()

@@ -88,6 +88,7 @@ class IJEPAObjective(TargetNetworksMixin, Objective):
         sigreg_slices: int = Field(256, ge=1, description="random 1-D directions per step for the SIGReg term")
 
     requires: ClassVar[frozenset[str]] = frozenset({"encoder", "predictor", "masker", "target_updater"})
+    needs: ClassVar[frozenset[str]] = frozenset({"drop_patches"})
 
     def __init__(self, config: Config, *, encoder: Encoder, predictor: Predictor):
         super().__init__()

@@ -105,6 +105,7 @@ class MAEObjective(Objective):
         eps: float = Field(1e-6, gt=0, description="added to the per-patch variance (official forward_loss: 1e-6)")
 
     requires: ClassVar[frozenset[str]] = frozenset({"encoder", "predictor", "masker"})
+    needs: ClassVar[frozenset[str]] = frozenset({"drop_patches"})
 
     def __init__(self, config: Config, *, encoder: Encoder, predictor: Predictor):
         super().__init__()
