@@ -235,6 +235,23 @@ def _unknown_field_hint(section: str, cls: Any, issues: list[tuple[str, str]]) -
     return [(p, f"{m}; {section} fields are: name, {allowed}") if m == "unknown field" else (p, m) for p, m in issues]
 
 
+def _capability_issues(encoder: Component, objective: Component, registry: Registry) -> list[tuple[str, str]]:
+    """The encoder capabilities the objective ``needs`` that the encoder class does not declare (class attributes:
+    nothing is built)."""
+    from jepaflow.interfaces import ENCODER_CAPABILITIES
+
+    needs = set(getattr(objective.cls, "needs", ()))
+    missing = sorted(needs - set(getattr(encoder.cls, "capabilities", ())))
+    if not missing:
+        return []
+    able = [i.name for i in registry.infos("encoder", load=True)
+            if i.loaded is not None and needs <= set(getattr(i.loaded, "capabilities", ()))]
+    what = "; ".join(f"{ENCODER_CAPABILITIES.get(m, m)} [{m}]" for m in missing)
+    return [("encoder.name", f"encoder {encoder.name!r} cannot {what}, which objective {objective.name!r} needs; "
+                             f"encoders that can: {', '.join(able) or 'none installed'} (an encoder declares what it "
+                             f"can in its class attribute `capabilities`)")]
+
+
 # ------------------------------------------------------------------------------------------------ loading
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
@@ -307,6 +324,10 @@ def load_recipe(
                 kind = PLUGIN_SECTIONS[needed]
                 known = ", ".join(registry.names(kind)) or "none installed"
                 issues.append((needed, f"missing: objective {objective.name!r} needs a {kind} ({known})"))
+
+    encoder = components.get("encoder")
+    if objective is not None and encoder is not None:
+        issues.extend(_capability_issues(encoder, objective, registry))
 
     # Cross-section agreement, by field-name convention (no plugin is named here).
     enc, data = components.get("encoder"), components.get("data")

@@ -216,3 +216,24 @@ def test_yaml_file_errors(tmp_path):
         load_recipe(tmp_path / "list.yaml")
     with pytest.raises(RecipeError, match="no recipe at"):
         load_recipe(tmp_path / "missing.yaml")
+
+
+def test_an_encoder_without_a_capability_the_objective_needs_is_a_recipe_error(builtins_importable):
+    # I-JEPA drops patches from the context encoder's input; a CNN cannot. Found from class attributes, before
+    # anything is built, with the --set that swapped the whole encoder section.
+    problems = issues_of(SMALL, ["encoder={name: timm_cnn, model_name: resnet18, img_size: 32}"])
+    assert list(problems) == ["encoder.name"]
+    msg = problems["encoder.name"]
+    assert msg.startswith("encoder 'timm_cnn' cannot encode only the patches at given indices")
+    assert "[drop_patches], which objective 'ijepa' needs" in msg
+    assert "encoders that can: timm_vit, vit" in msg
+    # data2vec needs a mask token, which timm_vit does not offer; vit does
+    d2v = small(predictor=None, objective={"name": "data2vec", "top_k_layers": 1})
+    problems = issues_of(d2v, ["encoder={name: timm_vit, model_name: vit_tiny_patch16_224, img_size: 32}"])
+    assert "[mask_token], which objective 'data2vec' needs; encoders that can: vit " in problems["encoder.name"]
+    load_recipe(d2v)  # with the vit encoder it is fine
+    # objectives that only pool whole images take any encoder
+    simclr = small(predictor=None, masker=None, target_updater=None, objective={"name": "simclr"},
+                   views={"name": "two_view"}, projector={"name": "mlp"})
+    simclr["encoder"] = {"name": "timm_cnn", "model_name": "resnet18", "img_size": 32}
+    load_recipe(simclr)
