@@ -9,15 +9,17 @@ problem at once, each with its YAML path, before any tensor exists.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from jepaflow.errors import PluginError, RecipeError
 from jepaflow.registry import Registry, default_registry
+from jepaflow.strict import StrictModel
 
 #: recipe section -> plugin kind
 PLUGIN_SECTIONS: dict[str, str] = {
@@ -33,8 +35,8 @@ PLUGIN_SECTIONS: dict[str, str] = {
 }
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Strict(StrictModel):
+    """Engine sections: strict values, no unknown fields (:mod:`jepaflow.strict`)."""
 
 
 class OptimConfig(_Strict):
@@ -173,6 +175,24 @@ class Recipe:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+# ------------------------------------------------------------------------------------------------ YAML
+class _RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats: ``1e-3`` is the number 0.001 (YAML 1.1, PyYAML's default, needs
+    a dot, ``1.0e-3``, and reads ``1e-3`` as a string, which the strict config models would then refuse)."""
+
+
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml_text(text: str) -> Any:
+    """Parse recipe YAML (or a ``--set`` value): safe, with YAML 1.2 scientific-notation floats."""
+    return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 # ------------------------------------------------------------------------------------------------ overrides
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``--set a.b.c=value`` overrides (``value`` parsed as YAML) to a copy of ``raw``."""
@@ -188,7 +208,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             issues.append((item, "empty path"))
             continue
         try:
-            value = yaml.safe_load(value_text)
+            value = load_yaml_text(value_text)
         except yaml.YAMLError as exc:
             issues.append((path, f"value {value_text!r} is not valid YAML ({exc.__class__.__name__})"))
             continue
@@ -258,7 +278,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise RecipeError([("<file>", f"no recipe at {str(p)!r}")], source=str(p))
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = load_yaml_text(p.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "?"
@@ -291,6 +311,8 @@ def load_recipe(
         model = None
 
     components: dict[str, Component] = {}
+    plugin_fixes: list[str] = []  # the fixes of plugin lookups that failed, each said once
+    plugin_paths: set[str] = set()
     for section, kind in PLUGIN_SECTIONS.items():
         body = raw.get(section)
         if body is None:
@@ -304,8 +326,11 @@ def load_recipe(
             continue
         try:
             cls = registry.get(kind, name)
-        except PluginError as exc:
-            issues.append((f"{section}.name", str(exc).replace("\n  fix:", "; fix:")))
+        except PluginError as exc:  # unknown, failed to import, or claimed twice: its own fix, said once
+            issues.append((f"{section}.name", exc.problem))
+            plugin_paths.add(f"{section}.name")
+            if exc.fix and exc.fix not in plugin_fixes:
+                plugin_fixes.append(exc.fix)
             continue
         fields = {k: v for k, v in body.items() if k != "name"}
         try:
@@ -341,7 +366,12 @@ def load_recipe(
         issues.append(("train.batch_size", f"must be a multiple of optim.accum_steps ({model.optim.accum_steps})"))
 
     if issues or model is None:
-        raise RecipeError(issues, source=source)
+        fix = None
+        if plugin_fixes:
+            plain = any(path not in plugin_paths for path, _ in issues)
+            fix = "; ".join(plugin_fixes + (["edit the recipe (or the --set override) at the other paths"]
+                                            if plain else []))
+        raise RecipeError(issues, source=source, fix=fix)
     return Recipe(
         seed=model.seed,
         output_dir=model.output_dir,

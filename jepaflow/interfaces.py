@@ -20,14 +20,18 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 from torch import Tensor, nn
 
+from jepaflow.strict import StrictModel
 
-class PluginConfig(BaseModel):
-    """Base of every plugin's config model: unknown fields are errors, not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+class PluginConfig(StrictModel):
+    """Base of every plugin's config model: unknown fields are errors, not silently ignored, and values are
+    strict (``true`` is not an int, ``"2"`` not a number; an int is a float and a list a tuple): see
+    :mod:`jepaflow.strict`."""
+
+    model_config = ConfigDict(protected_namespaces=())
 
 
 # --------------------------------------------------------------------------------------------------------------

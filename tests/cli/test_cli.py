@@ -284,6 +284,7 @@ def test_a_broken_plugin_is_reported_and_the_others_still_work(tmp_path, fake_si
     assert done.returncode == 2
     assert "masker.name: masker plugin 'broken' from package brokenpkg 0.1 failed to import" in done.stderr
     assert "Traceback" not in done.stderr
+    assert done.stderr.count("fix:") == 1 and "fix: fix or reinstall brokenpkg" in done.stderr  # one fix, its own
 
     # `plugins show` does give the traceback, for the plugin's author.
     done = cli("plugins", "show", "broken", cwd=tmp_path, pythonpath=fake_site)
