@@ -77,6 +77,26 @@ def environment(world_size: int, device: torch.device) -> dict[str, Any]:
     return env
 
 
+def plugin_provenance(recipe: Any) -> dict[str, dict[str, str]]:
+    """For each plugin section of the recipe: the plugin's kind and name, the class used (``module:Class``), and
+    the distribution that registered the name with its version, so that a result can be traced to the exact
+    third-party code (``env.json``'s ``plugins``)."""
+    from jepaflow.registry import default_registry
+
+    registry = default_registry()
+    out: dict[str, dict[str, str]] = {}
+    for section, comp in recipe.components.items():
+        cls = comp.cls
+        entry = {"kind": comp.kind, "name": comp.name, "class": f"{cls.__module__}:{cls.__qualname__}"}
+        try:
+            info = registry.info(comp.kind, comp.name)
+            entry |= {"package": info.package, "version": info.version, "entry_point": info.target}
+        except Exception:  # a class given directly (not through an entry point): record what is known
+            entry |= {"package": "<not registered>", "version": "?"}
+        out[section] = entry
+    return out
+
+
 #: (metrics.jsonl key, panel title) drawn by :func:`plot_curves`, each when the run logged it
 CURVE_PANELS = (
     ("loss", "loss"),

@@ -40,7 +40,7 @@ from jepaflow.engine.distributed import (
     cleanup,
     init_distributed,
 )
-from jepaflow.engine.logging import MetricsWriter, Progress, environment, plot_curves
+from jepaflow.engine.logging import MetricsWriter, Progress, environment, plot_curves, plugin_provenance
 from jepaflow.engine.monitor import TrainingMonitor, knn_due, monitor_due
 from jepaflow.engine.optim import build_optimizer, set_hyperparams
 from jepaflow.errors import DataError, JepaflowError, TrainingDiverged
@@ -217,7 +217,8 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
     if info.is_main:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
-        env = environment(world, info.device) | {"steps_per_epoch": steps_per_epoch, "total_steps": total_steps}
+        env = environment(world, info.device) | {"steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+                                                 "plugins": plugin_provenance(recipe)}
         (run_dir / "env.json").write_text(json.dumps(env, indent=2))
         metrics = MetricsWriter(run_dir / "metrics.jsonl", resume_step=step if resume else None)
         print(f"jepaflow: {len(dataset)} images, {steps_per_epoch} steps/epoch, {run_steps - step} steps to run "
