@@ -1,9 +1,10 @@
-"""The five interfaces the engine talks to.
+"""The plugin interfaces the engine talks to: Encoder, Predictor, Masker, ViewSampler, Head, TargetUpdater,
+Objective and Dataset.
 
 The engine (``jepaflow.engine``) knows these classes and nothing else about a method. A method is an
 :class:`Objective` plus the components it declares in :attr:`Objective.requires`; each component kind is a
-plugin group (``jepaflow.encoders``, ``jepaflow.predictors``, ``jepaflow.maskers``,
-``jepaflow.target_updaters``, ``jepaflow.objectives``, ``jepaflow.datasets``).
+plugin group (``jepaflow.encoders``, ``jepaflow.predictors``, ``jepaflow.maskers``, ``jepaflow.views``,
+``jepaflow.heads``, ``jepaflow.target_updaters``, ``jepaflow.objectives``, ``jepaflow.datasets``).
 
 Every plugin class carries a pydantic ``Config`` model (its fields are what a recipe may set under the
 plugin's section) and is constructed as ``PluginClass(config, **context)``, where ``context`` is the small,
