@@ -51,8 +51,14 @@ class TargetNetworksMixin:
     target_batch_stats: ClassVar[bool] = False
 
     def train(self, mode: bool = True):
-        super().train(mode)  # type: ignore[misc]
-        for _, target in self.target_pairs():  # type: ignore[attr-defined]
+        # nn.Module.train, except that the targets are set once, to their own mode (the engine calls this every
+        # step: no second pass over a large target network)
+        targets = [t for _, t in self.target_pairs()]  # type: ignore[attr-defined]
+        self.training = mode
+        for child in self.children():  # type: ignore[attr-defined]
+            if not any(child is t for t in targets):
+                child.train(mode)
+        for target in targets:  # after the others: a target nested in another child is set last
             set_target_mode_(target, mode, self.target_batch_stats)
         return self
 
