@@ -9,15 +9,17 @@ problem at once, each with its YAML path, before any tensor exists.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from jepaflow.errors import PluginError, RecipeError
 from jepaflow.registry import Registry, default_registry
+from jepaflow.strict import StrictModel
 
 #: recipe section -> plugin kind
 PLUGIN_SECTIONS: dict[str, str] = {
@@ -33,8 +35,8 @@ PLUGIN_SECTIONS: dict[str, str] = {
 }
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Strict(StrictModel):
+    """Engine sections: strict values, no unknown fields (:mod:`jepaflow.strict`)."""
 
 
 class OptimConfig(_Strict):
@@ -84,6 +86,16 @@ class TrainConfig(_Strict):
     log_every: int = Field(10, ge=1, description="steps between metric lines (the only host syncs)")
     progress: bool = Field(True, description="show a rich progress bar on rank 0")
     pin_memory: bool = Field(True, description="pin host memory when training on CUDA")
+    monitor_every: int | None = Field(
+        100, ge=1, description="steps between label-free monitors (RankMe, feature std) of the representation "
+        "encoder on a fixed batch, and at the last step (None: off)"
+    )
+    monitor_samples: int = Field(512, ge=2, description="train images in the fixed monitor batch")
+    monitor_knn_every_epochs: int | None = Field(
+        None, ge=1, description="epochs between kNN accuracies on labelled subsets (None: off)"
+    )
+    monitor_knn_samples: int = Field(2000, ge=1, description="train images (memory bank) and test images (queries) "
+                                     "of the kNN monitor")
 
 
 class ProbeConfig(_Strict):
@@ -163,6 +175,24 @@ class Recipe:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+# ------------------------------------------------------------------------------------------------ YAML
+class _RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats: ``1e-3`` is the number 0.001 (YAML 1.1, PyYAML's default, needs
+    a dot, ``1.0e-3``, and reads ``1e-3`` as a string, which the strict config models would then refuse)."""
+
+
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml_text(text: str) -> Any:
+    """Parse recipe YAML (or a ``--set`` value): safe, with YAML 1.2 scientific-notation floats."""
+    return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 # ------------------------------------------------------------------------------------------------ overrides
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``--set a.b.c=value`` overrides (``value`` parsed as YAML) to a copy of ``raw``."""
@@ -178,7 +208,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             issues.append((item, "empty path"))
             continue
         try:
-            value = yaml.safe_load(value_text)
+            value = load_yaml_text(value_text)
         except yaml.YAMLError as exc:
             issues.append((path, f"value {value_text!r} is not valid YAML ({exc.__class__.__name__})"))
             continue
@@ -225,13 +255,30 @@ def _unknown_field_hint(section: str, cls: Any, issues: list[tuple[str, str]]) -
     return [(p, f"{m}; {section} fields are: name, {allowed}") if m == "unknown field" else (p, m) for p, m in issues]
 
 
+def _capability_issues(encoder: Component, objective: Component, registry: Registry) -> list[tuple[str, str]]:
+    """The encoder capabilities the objective ``needs`` that the encoder class does not declare (class attributes:
+    nothing is built)."""
+    from jepaflow.interfaces import ENCODER_CAPABILITIES
+
+    needs = set(getattr(objective.cls, "needs", ()))
+    missing = sorted(needs - set(getattr(encoder.cls, "capabilities", ())))
+    if not missing:
+        return []
+    able = [i.name for i in registry.infos("encoder", load=True)
+            if i.loaded is not None and needs <= set(getattr(i.loaded, "capabilities", ()))]
+    what = "; ".join(f"{ENCODER_CAPABILITIES.get(m, m)} [{m}]" for m in missing)
+    return [("encoder.name", f"encoder {encoder.name!r} cannot {what}, which objective {objective.name!r} needs; "
+                             f"encoders that can: {', '.join(able) or 'none installed'} (an encoder declares what it "
+                             f"can in its class attribute `capabilities`)")]
+
+
 # ------------------------------------------------------------------------------------------------ loading
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise RecipeError([("<file>", f"no recipe at {str(p)!r}")], source=str(p))
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = load_yaml_text(p.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "?"
@@ -264,6 +311,8 @@ def load_recipe(
         model = None
 
     components: dict[str, Component] = {}
+    plugin_fixes: list[str] = []  # the fixes of plugin lookups that failed, each said once
+    plugin_paths: set[str] = set()
     for section, kind in PLUGIN_SECTIONS.items():
         body = raw.get(section)
         if body is None:
@@ -277,8 +326,11 @@ def load_recipe(
             continue
         try:
             cls = registry.get(kind, name)
-        except PluginError as exc:
-            issues.append((f"{section}.name", str(exc).replace("\n  fix:", "; fix:")))
+        except PluginError as exc:  # unknown, failed to import, or claimed twice: its own fix, said once
+            issues.append((f"{section}.name", exc.problem))
+            plugin_paths.add(f"{section}.name")
+            if exc.fix and exc.fix not in plugin_fixes:
+                plugin_fixes.append(exc.fix)
             continue
         fields = {k: v for k, v in body.items() if k != "name"}
         try:
@@ -298,6 +350,10 @@ def load_recipe(
                 known = ", ".join(registry.names(kind)) or "none installed"
                 issues.append((needed, f"missing: objective {objective.name!r} needs a {kind} ({known})"))
 
+    encoder = components.get("encoder")
+    if objective is not None and encoder is not None:
+        issues.extend(_capability_issues(encoder, objective, registry))
+
     # Cross-section agreement, by field-name convention (no plugin is named here).
     enc, data = components.get("encoder"), components.get("data")
     if enc is not None and data is not None:
@@ -310,7 +366,12 @@ def load_recipe(
         issues.append(("train.batch_size", f"must be a multiple of optim.accum_steps ({model.optim.accum_steps})"))
 
     if issues or model is None:
-        raise RecipeError(issues, source=source)
+        fix = None
+        if plugin_fixes:
+            plain = any(path not in plugin_paths for path, _ in issues)
+            fix = "; ".join(plugin_fixes + (["edit the recipe (or the --set override) at the other paths"]
+                                            if plain else []))
+        raise RecipeError(issues, source=source, fix=fix)
     return Recipe(
         seed=model.seed,
         output_dir=model.output_dir,

@@ -21,15 +21,19 @@ class JepaflowError(Exception):
 class RecipeError(JepaflowError):
     """One or more invalid fields of a recipe, each with its YAML path (``masker.mode``)."""
 
-    def __init__(self, issues: list[tuple[str, str]], source: str | None = None):
+    def __init__(self, issues: list[tuple[str, str]], source: str | None = None, fix: str | None = None):
         self.issues = issues
         where = f" in {source}" if source else ""
         lines = [f"{len(issues)} problem(s){where}:"] + [f"  {path}: {msg}" for path, msg in issues]
-        super().__init__("\n".join(lines), "edit the recipe (or the --set override) at the path shown")
+        super().__init__("\n".join(lines), fix or "edit the recipe (or the --set override) at the path shown")
 
 
 class PluginError(JepaflowError):
     """A plugin that is unknown, failed to import, or whose name two packages claim."""
+
+
+class ContractError(PluginError):
+    """A plugin whose output breaks its kind's contract (``jepaflow.testing``), found before training."""
 
 
 class DataError(JepaflowError):

@@ -1,9 +1,10 @@
-"""The five interfaces the engine talks to.
+"""The plugin interfaces the engine talks to: Encoder, Predictor, Masker, ViewSampler, Head, TargetUpdater,
+Objective and Dataset.
 
 The engine (``jepaflow.engine``) knows these classes and nothing else about a method. A method is an
 :class:`Objective` plus the components it declares in :attr:`Objective.requires`; each component kind is a
-plugin group (``jepaflow.encoders``, ``jepaflow.predictors``, ``jepaflow.maskers``,
-``jepaflow.target_updaters``, ``jepaflow.objectives``, ``jepaflow.datasets``).
+plugin group (``jepaflow.encoders``, ``jepaflow.predictors``, ``jepaflow.maskers``, ``jepaflow.views``,
+``jepaflow.heads``, ``jepaflow.target_updaters``, ``jepaflow.objectives``, ``jepaflow.datasets``).
 
 Every plugin class carries a pydantic ``Config`` model (its fields are what a recipe may set under the
 plugin's section) and is constructed as ``PluginClass(config, **context)``, where ``context`` is the small,
@@ -20,14 +21,18 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 from torch import Tensor, nn
 
+from jepaflow.strict import StrictModel
 
-class PluginConfig(BaseModel):
-    """Base of every plugin's config model: unknown fields are errors, not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+class PluginConfig(StrictModel):
+    """Base of every plugin's config model: unknown fields are errors, not silently ignored, and values are
+    strict (``true`` is not an int, ``"2"`` not a number; an int is a float and a list a tuple): see
+    :mod:`jepaflow.strict`."""
+
+    model_config = ConfigDict(protected_namespaces=())
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -132,6 +137,16 @@ class ObjectiveOutput:
 # --------------------------------------------------------------------------------------------------------------
 
 
+#: What an encoder may be able to do beyond images -> tokens and ``pool``: :attr:`Encoder.capabilities` lists the
+#: ones it supports, :attr:`Objective.needs` the ones a method uses, and ``load_recipe`` checks one against the other.
+ENCODER_CAPABILITIES: dict[str, str] = {
+    "drop_patches": "encode only the patches at given indices (forward's keep / keep_valid)",
+    "intermediate_layers": "return the outputs of its last blocks (forward_layers)",
+    "mask_token": "replace masked patch embeddings by a mask token (forward_masked)",
+    "transformer_dims": "expose its depth and number of attention heads (depth, num_heads)",
+}
+
+
 class Plugin:
     """Mixin shared by every plugin class: its ``Config`` model. The class docstring's first paragraph is what
     ``jepaflow plugins show`` prints."""
@@ -149,12 +164,18 @@ class Encoder(nn.Module, Plugin, abc.ABC):
         keep: ``(B, K)`` int64 patch indices to keep (the context), or ``None`` for all ``N`` patches.
         keep_valid: ``(B, K)`` bool, False for padded entries of ``keep`` (masked out of attention).
         returns: ``(B, K, D)`` tokens (``(B, N, D)`` when ``keep`` is None), after the final norm.
+
+    ``capabilities`` names what it supports beyond that (keys of :data:`ENCODER_CAPABILITIES`): ``drop_patches``
+    (``keep`` honoured, padded entries masked out of attention), ``intermediate_layers`` (:meth:`forward_layers`),
+    ``mask_token`` (:meth:`forward_masked`), ``transformer_dims`` (``depth`` and ``num_heads`` attributes). Every
+    encoder pools (:meth:`pool`). ``jepaflow.testing.check_encoder`` checks an encoder against what it declares.
     """
 
     embed_dim: int
     patch_size: int
     grid_size: tuple[int, int]
     in_chans: int
+    capabilities: ClassVar[frozenset[str]] = frozenset()
 
     @property
     def num_patches(self) -> int:
@@ -220,7 +241,15 @@ class Masker(Plugin, abc.ABC):
     whatever the number of workers, after a resume, and between DDP and gradient accumulation.
 
     ``__call__(batch_size, grid_size, generator) -> MaskBatch``
+
+    The contract (``jepaflow.testing.check_masker``, run by ``validate``, ``masks`` and before training): int64
+    indices in ``[0, N)``, ``context (B, K_ctx)`` and ``targets (B, M, K_tgt)`` with ``K_ctx, M, K_tgt >= 1``, the
+    ``*_valid`` masks bool of the same shapes (or None), at least one valid context patch per image, and no patch
+    both in the context and a target of the same image unless ``allows_overlap`` is True.
     """
+
+    #: True when the context may include target patches (e.g. a masker's ``allow_overlap`` setting).
+    allows_overlap: bool = False
 
     @abc.abstractmethod
     def __call__(self, batch_size: int, grid_size: tuple[int, int], generator: torch.Generator) -> MaskBatch:
@@ -286,6 +315,9 @@ class Objective(nn.Module, Plugin, abc.ABC):
 
     #: recipe sections this method needs, checked before anything is built.
     requires: ClassVar[frozenset[str]] = frozenset({"encoder"})
+    #: encoder capabilities this method uses (keys of :data:`ENCODER_CAPABILITIES`), checked against the recipe's
+    #: encoder's ``capabilities`` by ``load_recipe``.
+    needs: ClassVar[frozenset[str]] = frozenset()
 
     @abc.abstractmethod
     def forward(self, batch: Batch) -> ObjectiveOutput:

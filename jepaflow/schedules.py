@@ -8,8 +8,9 @@ They reproduce facebookresearch/ijepa ``src/utils/schedulers.py`` and the moment
 * the momentum generator yields its first value at step 0, so :func:`momentum_at` is evaluated at ``i``;
 * every schedule spans ``ipe_scale * epochs * iterations_per_epoch`` steps (``ipe_scale`` 1.0 in the official
   configs), which the caller passes as ``total``;
-* past ``total`` (only reachable with ``ipe_scale < 1``) the cosines stay at their final value; the official
-  formulas would wrap around the cosine instead.
+* past ``total`` (only reachable with ``ipe_scale < 1``) every schedule stays at its final value; the official
+  formulas would wrap around the cosine, and the official momentum generator would run out (stopping the run)
+  rather than pass its final value (a momentum above 1 would push the target away from the online network).
 
 Being pure functions of the step, they need no state in checkpoints: resuming at step ``i`` resumes them exactly.
 """
@@ -49,5 +50,5 @@ def weight_decay_at(i: int, total: int, start: float, final: float) -> float:
 
 
 def momentum_at(i: int, total: float, start: float, end: float) -> float:
-    """EMA momentum used after 0-based step ``i`` (I-JEPA: linear 0.996 -> 1.0)."""
-    return linear(i, total, start, end)
+    """EMA momentum used after 0-based step ``i`` (I-JEPA: linear 0.996 -> 1.0), held at ``end`` past ``total``."""
+    return linear(min(i, total), total, start, end)

@@ -216,3 +216,67 @@ def test_yaml_file_errors(tmp_path):
         load_recipe(tmp_path / "list.yaml")
     with pytest.raises(RecipeError, match="no recipe at"):
         load_recipe(tmp_path / "missing.yaml")
+
+
+def test_an_encoder_without_a_capability_the_objective_needs_is_a_recipe_error(builtins_importable):
+    # I-JEPA drops patches from the context encoder's input; a CNN cannot. Found from class attributes, before
+    # anything is built, with the --set that swapped the whole encoder section.
+    problems = issues_of(SMALL, ["encoder={name: timm_cnn, model_name: resnet18, img_size: 32}"])
+    assert list(problems) == ["encoder.name"]
+    msg = problems["encoder.name"]
+    assert msg.startswith("encoder 'timm_cnn' cannot encode only the patches at given indices")
+    assert "[drop_patches], which objective 'ijepa' needs" in msg
+    assert "encoders that can: timm_vit, vit" in msg
+    # data2vec needs a mask token, which timm_vit does not offer; vit does
+    d2v = small(predictor=None, objective={"name": "data2vec", "top_k_layers": 1})
+    problems = issues_of(d2v, ["encoder={name: timm_vit, model_name: vit_tiny_patch16_224, img_size: 32}"])
+    assert "[mask_token], which objective 'data2vec' needs; encoders that can: vit " in problems["encoder.name"]
+    load_recipe(d2v)  # with the vit encoder it is fine
+    # objectives that only pool whole images take any encoder
+    simclr = small(predictor=None, masker=None, target_updater=None, objective={"name": "simclr"},
+                   views={"name": "two_view"}, projector={"name": "mlp"})
+    simclr["encoder"] = {"name": "timm_cnn", "model_name": "resnet18", "img_size": 32}
+    load_recipe(simclr)
+
+
+def test_values_are_strict_except_lossless_int_to_float_and_list_to_tuple(builtins_importable):
+    problems = issues_of(small(encoder={"depth": True}, optim={"epochs": "2"}, train={"num_workers": 1.0},
+                               masker={"allow_overlap": 1}))
+    assert problems == {
+        "optim.epochs": "Input should be a valid integer (got '2')",
+        "train.num_workers": "Input should be a valid integer (got 1.0)",
+        "encoder.depth": "Input should be a valid integer (got True)",
+        "masker.allow_overlap": "Input should be a valid boolean (got 1)",
+    }
+    r = load_recipe(small(optim={"lr": 1, "betas": [0.9, 0.95]}, masker={"target_scale": [0.1, 0.2]}),
+                    overrides=["optim.final_lr=1e-6", "masker.context_scale=[1, 1]"])
+    assert r.optim.lr == 1.0 and isinstance(r.optim.lr, float) and r.optim.betas == (0.9, 0.95)
+    assert r.optim.final_lr == 1e-6  # YAML 1.2 float: no dot needed
+    masker = r.components["masker"].config
+    assert masker.target_scale == (0.1, 0.2) and masker.context_scale == (1.0, 1.0)
+    assert isinstance(masker.context_scale[0], float)
+    # the resolved recipe (tuples written as lists) reloads to the same thing
+    assert load_recipe(yaml.safe_load(r.to_yaml())).to_dict() == r.to_dict()
+
+
+def test_setting_a_section_to_a_mapping_replaces_it(builtins_importable):
+    # multiblock's fields (mode, min_keep, ...) must not leak into the random masker's section
+    raw = small(masker={"mode": "fixed", "min_keep": 2})
+    r = load_recipe(raw, overrides=["masker={name: random, mask_ratio: 0.6}"])
+    assert r.components["masker"].name == "random" and r.to_dict()["masker"] == {"name": "random", "mask_ratio": 0.6}
+    # changing only the name keeps the other fields, which the new plugin then refuses
+    problems = issues_of(raw, ["masker.name=random"])
+    assert set(problems) == {"masker.mode", "masker.min_keep"}
+
+
+def test_an_unknown_plugin_gets_its_own_fix_once(builtins_importable):
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(small(masker={"name": "stripez"}))
+    err = exc.value
+    assert dict(err.issues)["masker.name"].startswith("no masker plugin named 'stripez' (installed: ")
+    assert "fix" not in dict(err.issues)["masker.name"]
+    assert err.fix.startswith("check the spelling, or install the package that provides it")
+    assert str(err).count("fix:") == 1
+    with pytest.raises(RecipeError) as exc:  # with another problem as well: one fix line naming both remedies
+        load_recipe(small(masker={"name": "stripez"}, optim={"lr": -1}))
+    assert str(exc.value).count("fix:") == 1 and exc.value.fix.endswith("at the other paths")

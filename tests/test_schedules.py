@@ -51,6 +51,9 @@ def test_momentum_linear_from_first_step():
     assert momentum_at(0, total, 0.996, 1.0) == 0.996
     assert momentum_at(100, total, 0.996, 1.0) == pytest.approx(0.998)
     assert momentum_at(200, total, 0.996, 1.0) == pytest.approx(1.0)
+    # past the schedule (optim.ipe_scale < 1) it holds at the end value: never above 1
+    assert momentum_at(300, total, 0.996, 1.0) == 1.0
+    assert momentum_at(10**6, total, 0.99, 0.999) == pytest.approx(0.999)
 
 
 def test_primitives():

@@ -3,6 +3,7 @@ folder, is found through its entry point and used by a recipe exactly like a bui
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -108,6 +109,12 @@ def test_validate_and_run_a_recipe_naming_the_plugin(site, recipe, tmp_path):
     done = cli(site, tmp_path, "run", str(recipe), "--set", "train.max_steps=3", "--output", str(out))
     assert done.returncode == 0, done.stdout + done.stderr
     assert (out / "summary.json").is_file()
+    # the run folder records which package provided each plugin (provenance of a result)
+    plugins = json.loads((out / "env.json").read_text())["plugins"]
+    assert plugins["masker"] == {"kind": "masker", "name": "stripes", "class": "jepaflow_stripes.masker:StripeMasker",
+                                      "package": "jepaflow-stripes", "version": "0.1.0",
+                                      "entry_point": "jepaflow_stripes.masker:StripeMasker"}
+    assert plugins["encoder"]["package"] == "jepaflow"
     summary = {r[0]: r[1] for r in rows(done.stdout) if len(r) == 2}
     assert summary["step"] == "3"
 

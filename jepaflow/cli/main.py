@@ -216,7 +216,7 @@ def validate(recipe: RecipeArg, overrides: SetOpt = None) -> None:
         build_target_updater(r)
         masker = build_masker(r)
         if masker is not None and encoder is not None:
-            _dry_run_masker(r, masker, tuple(encoder.grid_size))
+            _check_masker(r, masker, tuple(encoder.grid_size))
 
     out = _console()
     typer.echo("# resolved recipe (defaults filled in)")
@@ -231,29 +231,16 @@ def validate(recipe: RecipeArg, overrides: SetOpt = None) -> None:
     )
 
 
-def _dry_run_masker(r: Recipe, masker: Any, grid: tuple[int, int]) -> None:
-    """``Masker.check`` the encoder's grid, then sample one tiny batch on it: a masker whose settings do not
-    fit the grid (blocks larger than the grid, too many stripes, ...) is caught before any run starts."""
+def _check_masker(r: Recipe, masker: Any, grid: tuple[int, int], batch_size: int = 4) -> Any:
+    """``jepaflow.testing.check_masker`` on the encoder's grid: ``Masker.check``, then one sample batch checked
+    against the masker contract (index range, dtypes, shapes, empty contexts, overlap). A masker whose settings do
+    not fit the grid, or whose output breaks the contract, is named before any run starts."""
     import torch
 
-    gen = torch.Generator().manual_seed(r.seed)
-    comp = r.components["masker"]
-    try:
-        check = getattr(masker, "check", None)
-        if callable(check):
-            check(grid)
-        masker(2, grid, gen)
-    except JepaflowError:
-        raise
-    except Exception as exc:  # a plugin's own exception: name the plugin, keep it to one line
-        from jepaflow.registry import default_registry
+    from jepaflow.testing import check_masker
 
-        package = default_registry().info("masker", comp.name).package
-        raise PluginError(
-            f"masker {comp.name!r} (package {package}) failed on the encoder's {grid[0]}x{grid[1]} patch grid: "
-            f"{type(exc).__name__}: {exc}",
-            "check the masker settings against the grid (image size / patch size)",
-        ) from None
+    gen = torch.Generator().manual_seed(r.seed)
+    return check_masker(masker, grid, batch_size, gen, name=r.components["masker"].name)
 
 
 def _count(params: Iterator[Any]) -> tuple[int, int]:
@@ -335,8 +322,14 @@ def masks(
             encoder = build_encoder(r)
         grid = tuple(encoder.grid_size)
         masker = build_masker(r)
+        _check_masker(r, masker, grid, batch_size)  # Masker.check and the contract, as validate and run
+        from jepaflow.testing import check_mask_batch, plugin_label
+
+        label = plugin_label(masker, "masker", r.components["masker"].name)
         gen = torch.Generator().manual_seed(r.seed)
         sampled = [masker(batch_size, grid, gen) for _ in range(batches)]
+        for mb in sampled:  # every drawn batch keeps the contract, or the statistics would mislead
+            check_mask_batch(mb, grid, batch_size, label, bool(getattr(masker, "allows_overlap", False)))
         stats = mask_statistics(sampled, grid)  # pooled image by image over the batches
 
         dataset = build_dataset(r, split="train", augment=True)

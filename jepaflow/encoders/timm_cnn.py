@@ -17,7 +17,7 @@ Nothing is downloaded (``pretrained=False``); ``checkpoint`` loads a local file 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import timm
 import torch
@@ -99,6 +99,8 @@ class TimmCNNEncoder(Encoder):
     ``pool`` (mean over tokens) is the global average pooling of the last feature map. No masking: ``keep`` must
     be None. A ResNet-18 on 28 px Fashion-MNIST gives a 1x1 map (one token). The timm model is ``self.model``.
     """
+
+    capabilities: ClassVar[frozenset[str]] = frozenset()  # whole images in, pooled features out
 
     class Config(PluginConfig):
         model_name: str = Field("resnet50", description="timm CNN name (resnet18, resnet50, convnext_tiny, ...)")

@@ -15,7 +15,7 @@ timm's initialization, and parameter names are timm's under ``model.``. Nothing 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import timm
 import torch
@@ -129,6 +129,9 @@ class TimmViTEncoder(Encoder):
 
     See :class:`jepaflow.interfaces.Encoder` for the forward contract. The timm model is ``self.model``.
     """
+
+    # no mask_token: timm's patch embedding has no hook to swap embeddings before the positions are added
+    capabilities: ClassVar[frozenset[str]] = frozenset({"drop_patches", "intermediate_layers", "transformer_dims"})
 
     class Config(PluginConfig):
         model_name: str = Field(

@@ -10,7 +10,7 @@ padded context indices are kept out of attention.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -114,6 +114,10 @@ class VisionTransformerEncoder(Encoder):
 
     Shapes: images ``(B, C, H, W)`` -> tokens ``(B, K, D)``. See :class:`jepaflow.interfaces.Encoder`.
     """
+
+    capabilities: ClassVar[frozenset[str]] = frozenset(
+        {"drop_patches", "intermediate_layers", "mask_token", "transformer_dims"}
+    )
 
     class Config(PluginConfig):
         size: Literal["tiny", "small", "base", "large", "huge", "giant"] = Field(

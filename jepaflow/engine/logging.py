@@ -77,8 +77,41 @@ def environment(world_size: int, device: torch.device) -> dict[str, Any]:
     return env
 
 
+def plugin_provenance(recipe: Any) -> dict[str, dict[str, str]]:
+    """For each plugin section of the recipe: the plugin's kind and name, the class used (``module:Class``), and
+    the distribution that registered the name with its version, so that a result can be traced to the exact
+    third-party code (``env.json``'s ``plugins``)."""
+    from jepaflow.registry import default_registry
+
+    registry = default_registry()
+    out: dict[str, dict[str, str]] = {}
+    for section, comp in recipe.components.items():
+        cls = comp.cls
+        entry = {"kind": comp.kind, "name": comp.name, "class": f"{cls.__module__}:{cls.__qualname__}"}
+        try:
+            info = registry.info(comp.kind, comp.name)
+            entry |= {"package": info.package, "version": info.version, "entry_point": info.target}
+        except Exception:  # a class given directly (not through an entry point): record what is known
+            entry |= {"package": "<not registered>", "version": "?"}
+        out[section] = entry
+    return out
+
+
+#: (metrics.jsonl key, panel title) drawn by :func:`plot_curves`, each when the run logged it
+CURVE_PANELS = (
+    ("loss", "loss"),
+    ("lr", "learning rate"),
+    ("momentum", "EMA momentum"),
+    ("wd", "weight decay"),
+    ("rankme", "RankMe (monitor batch)"),
+    ("repr_std_norm", "normalized feature std (monitor batch)"),
+    ("knn_acc", "kNN accuracy (monitor subsets)"),
+)
+
+
 def plot_curves(metrics_path: Path, out_path: Path) -> Path | None:
-    """Loss, learning rate and momentum against the step, one panel each, as a PNG."""
+    """One panel per logged quantity of :data:`CURVE_PANELS` (loss, learning rate, momentum, weight decay and the
+    label-free monitors) against the step, four panels a row, as a PNG."""
     records = read_metrics(metrics_path) if metrics_path.exists() else []
     records = [r for r in records if "loss" in r]
     if not records:
@@ -88,16 +121,18 @@ def plot_curves(metrics_path: Path, out_path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [r["step"] for r in records]
-    panels = [("loss", "loss"), ("lr", "learning rate"), ("momentum", "EMA momentum"), ("wd", "weight decay")]
-    panels = [(k, t) for k, t in panels if any(k in r for r in records)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2))
-    for ax, (key, title) in zip(axes if len(panels) > 1 else [axes], panels):
-        xs = [s for s, r in zip(steps, records) if key in r]
-        ax.plot(xs, [r[key] for r in records if key in r], lw=1.5)
+    panels = [(k, t) for k, t in CURVE_PANELS if any(k in r for r in records)]
+    ncols = min(4, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    for ax, (key, title) in zip(axes.flat, panels):
+        xs = [r["step"] for r in records if key in r]
+        ax.plot(xs, [r[key] for r in records if key in r], lw=1.5, marker="o" if len(xs) < 30 else None, ms=3)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
     fig.tight_layout()
     fig.savefig(out_path, dpi=110)
     plt.close(fig)

@@ -31,7 +31,7 @@ import yaml
 from jepaflow.config import Recipe
 from jepaflow.engine import checkpoint as ckpt_io
 from jepaflow.engine.build import build_dataset, build_masker, build_objective, build_target_updater
-from jepaflow.engine.data import MaskingCollator, StepBatchSampler, epoch_loader
+from jepaflow.engine.data import MaskingCollator, StepBatchSampler, epoch_loader, mix_seed
 from jepaflow.engine.distributed import (
     DistInfo,
     all_reduce_mean_,
@@ -40,7 +40,8 @@ from jepaflow.engine.distributed import (
     cleanup,
     init_distributed,
 )
-from jepaflow.engine.logging import MetricsWriter, Progress, environment, plot_curves
+from jepaflow.engine.logging import MetricsWriter, Progress, environment, plot_curves, plugin_provenance
+from jepaflow.engine.monitor import TrainingMonitor, knn_due, monitor_due
 from jepaflow.engine.optim import build_optimizer, set_hyperparams
 from jepaflow.errors import DataError, JepaflowError, TrainingDiverged
 from jepaflow.schedules import lr_at, weight_decay_at
@@ -188,7 +189,13 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
     updater = build_target_updater(recipe)
     grid = objective.representation_encoder().grid_size
     if masker is not None:
-        masker.check(grid)
+        # Masker.check, then the masks of this rank's first micro-batch (same seed as the collator's) checked
+        # against the masker contract: a broken masker is named here, not inside step 0 (jepaflow.testing).
+        from jepaflow.testing import check_masker
+
+        first = int(saved["step"]) if saved is not None else 0
+        gen = torch.Generator().manual_seed(mix_seed(recipe.seed, 2, first, info.rank * accum))
+        check_masker(masker, grid, G // (world * accum), gen, name=recipe.components["masker"].name)
     optimizer = build_optimizer(objective, o_cfg)
     params = [p for p in objective.parameters() if p.requires_grad]
 
@@ -210,11 +217,18 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
     if info.is_main:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
-        env = environment(world, info.device) | {"steps_per_epoch": steps_per_epoch, "total_steps": total_steps}
+        env = environment(world, info.device) | {"steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+                                                 "plugins": plugin_provenance(recipe)}
         (run_dir / "env.json").write_text(json.dumps(env, indent=2))
         metrics = MetricsWriter(run_dir / "metrics.jsonl", resume_step=step if resume else None)
         print(f"jepaflow: {len(dataset)} images, {steps_per_epoch} steps/epoch, {run_steps - step} steps to run "
               f"(from step {step}) on {world} x {info.device.type}; run folder {run_dir}", flush=True)
+    monitor = None  # label-free monitors on a fixed batch, rank 0 only (engine/monitor.py)
+    if info.is_main and (t_cfg.monitor_every is not None or t_cfg.monitor_knn_every_epochs is not None):
+        monitor = TrainingMonitor(recipe, objective.representation_encoder(), info.device,
+                                  lambda: autocast_for(recipe, info.device))
+        if monitor.note:
+            print(f"jepaflow: {monitor.note}", flush=True)
     barrier(info)
 
     def save(at_step: int, nonfinite: torch.Tensor) -> None:
@@ -277,7 +291,9 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
 
                 if world == 1 and stop.signum is not None:
                     stopped_by = signal.Signals(stop.signum).name
-                at_log = step % t_cfg.log_every == 0 or step == run_steps or stopped_by is not None
+                knn_now = knn_due(step, recipe, steps_per_epoch)
+                monitor_now = monitor_due(step, recipe, run_steps) or knn_now  # also a log step, on every rank
+                at_log = step % t_cfg.log_every == 0 or step == run_steps or stopped_by is not None or monitor_now
                 if at_log:
                     if world > 1 and any_rank(stop.signum is not None, info):
                         stopped_by = signal.Signals(stop.signum).name if stop.signum else "SIGTERM (another rank)"
@@ -295,6 +311,8 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
                     if skipped_images:
                         record["skipped_images"] = skipped_images
                     record["eta_s"] = (run_steps - step) * dt / win_steps
+                    if monitor is not None and monitor_now:  # after dt: img/s leaves the monitor's time out
+                        record.update(monitor(knn=knn_now))
                     if metrics is not None:
                         metrics.write(record)
                     progress.report(record)

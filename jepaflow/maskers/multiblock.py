@@ -409,6 +409,10 @@ class MultiBlockMasker(Masker):
         self.config = config if config is not None else self.Config()
         self._checked: set[tuple[int, int]] = set()
 
+    @property
+    def allows_overlap(self) -> bool:  # Masker.allows_overlap: the contract checker's disjointness rule
+        return self.config.allow_overlap
+
     def check(self, grid_size: tuple[int, int]) -> None:  # Masker.check: called by the engine before training
         self.check_grid(grid_size)
 

@@ -16,15 +16,15 @@ paper's cosine schedule ``tau = 1 - (1 - tau_base)(cos(pi k / K) + 1) / 2`` (``t
 schedule: cosine, momentum_start: 0.996}``). The online encoder is the one evaluated (sec. 3.3).
 
 Faithful to the official code: each view goes through the networks separately (BatchNorm statistics per view,
-``apply_once_fn`` per view); the target network runs in training mode too (batch statistics). Differences: the
-target starts as an exact copy of the online weights (the official code initialises it from another seed and notes
-no significant difference), and the online linear classifier the official code trains on the side (with a stop
-gradient, for monitoring only) is left to the engine's probes.
+``apply_once_fn`` per view); the target network's BatchNorm layers use batch statistics too (its drop path and
+dropout, which the official ResNet lacks, stay off). Differences: the target starts as an exact copy of the online
+weights (the official code initialises it from another seed and notes no significant difference), and the online
+linear classifier the official code trains on the side (with a stop gradient, for monitoring only) is left to the
+engine's probes.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import ClassVar
 
 import torch
@@ -33,6 +33,8 @@ from pydantic import Field
 from torch import Tensor
 
 from jepaflow.interfaces import Batch, Encoder, Head, Objective, ObjectiveOutput, PluginConfig
+from jepaflow.layers.monitors import feature_std
+from jepaflow.layers.target import TargetNetworksMixin, frozen_copy
 
 
 def byol_loss(p: Tensor, z: Tensor) -> Tensor:
@@ -61,7 +63,7 @@ def byol_symmetric_loss(p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tenso
     return byol_loss(p1, z2) + byol_loss(p2, z1)
 
 
-class BYOLObjective(Objective):
+class BYOLObjective(TargetNetworksMixin, Objective):
     """BYOL (Grill et al. 2020): online encoder + projector + predictor regress the EMA target network's projection
     of the other view, with the symmetrized normalized L2 loss. No negatives."""
 
@@ -75,6 +77,9 @@ class BYOLObjective(Objective):
     requires: ClassVar[frozenset[str]] = frozenset(
         {"encoder", "projector", "prediction_head", "views", "target_updater"}
     )
+    #: the official target network normalizes with batch statistics (its BatchNorm in training mode); its other
+    #: stochastic layers (drop path, dropout) stay off
+    target_batch_stats: ClassVar[bool] = True
 
     def __init__(self, config: Config, *, encoder: Encoder, projector: Head, prediction_head: Head):
         super().__init__()
@@ -83,8 +88,8 @@ class BYOLObjective(Objective):
         self.projector = projector
         self.prediction_head = prediction_head
         # The target network xi: encoder + projector (no predictor: the asymmetry of sec. 3.1), moved only by EMA.
-        self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
-        self.target_projector = copy.deepcopy(projector).requires_grad_(False)
+        self.target_encoder = frozen_copy(encoder)
+        self.target_projector = frozen_copy(projector)
 
     def online(self, view: Tensor) -> tuple[Tensor, Tensor]:
         """``(z, q)``: ``(B, K)`` online projection and prediction of one view ``(B, C, H, W)``."""
@@ -112,12 +117,9 @@ class BYOLObjective(Objective):
             else:
                 loss = byol_loss(q1, t2)
         with torch.no_grad():
-            zn = F.normalize(torch.cat([z1, z2]).detach().float(), dim=-1)  # (2B, K)
-            metrics = {
+            metrics = {  # names as in docs/monitors.md
                 "pos_cosine": F.cosine_similarity(q1.detach(), t2, dim=-1).mean(),
-                # per-dimension std of the normalized online projections x sqrt(K): ~1 when spread, 0 when
-                # collapsed to one point (Chen & He 2021, sec. 4.1)
-                "emb_std": zn.std(0).mean() * zn.shape[1] ** 0.5,
+                "proj_std_norm": feature_std(torch.stack([z1, z2]), normalize=True),  # online projections
             }
         return ObjectiveOutput(loss=loss, metrics=metrics)
 

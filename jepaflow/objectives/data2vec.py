@@ -39,7 +39,6 @@ Paper vs code, and what we implement:
 
 from __future__ import annotations
 
-import copy
 from typing import ClassVar, Literal
 
 import torch
@@ -48,6 +47,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from jepaflow.interfaces import Batch, Encoder, Objective, ObjectiveOutput, PluginConfig
+from jepaflow.layers.monitors import token_std
+from jepaflow.layers.target import TargetNetworksMixin, frozen_copy
 
 Norm = Literal["layer_norm", "instance_norm", "none"]
 
@@ -125,7 +126,7 @@ def data2vec_loss(pred: Tensor, target: Tensor, mask: Tensor, kind: str = "smoot
     return (per_elem * w).sum() / (w.sum() * pred.shape[-1]).clamp_min(1.0)
 
 
-class Data2VecObjective(Objective):
+class Data2VecObjective(TargetNetworksMixin, Objective):
     """data2vec (Baevski et al. 2022), vision: a student with masked input patches regresses, at the masked
     positions, the layer-normalized average of an EMA teacher's top K block outputs on the full image."""
 
@@ -154,6 +155,7 @@ class Data2VecObjective(Objective):
         )
 
     requires: ClassVar[frozenset[str]] = frozenset({"encoder", "masker", "target_updater"})
+    needs: ClassVar[frozenset[str]] = frozenset({"intermediate_layers", "mask_token"})
 
     def __init__(self, config: Config, *, encoder: Encoder):
         super().__init__()
@@ -170,16 +172,9 @@ class Data2VecObjective(Objective):
         self.head = nn.Linear(D, D)
         nn.init.trunc_normal_(self.head.weight, std=config.init_std)
         nn.init.zeros_(self.head.bias)
-        # The teacher: an EMA copy of the encoder (official ModelEmaV2 of the student), no gradient.
-        self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
-        self.target_encoder.eval()
-
-    def train(self, mode: bool = True) -> Data2VecObjective:
-        # The teacher always runs in eval mode (official: timm ModelEmaV2 keeps its copy in eval), so stochastic
-        # depth and dropout never perturb the targets.
-        super().train(mode)
-        self.target_encoder.eval()
-        return self
+        # The teacher: an EMA copy of the encoder (official ModelEmaV2 of the student), no gradient, always in eval
+        # mode (ModelEmaV2 keeps its copy in eval; TargetNetworksMixin), so stochastic depth never perturbs it.
+        self.target_encoder = frozen_copy(encoder)
 
     def forward(self, batch: Batch) -> ObjectiveOutput:
         masks = batch.masks
@@ -196,19 +191,9 @@ class Data2VecObjective(Objective):
         with torch.autocast(pred.device.type, enabled=False):
             loss = data2vec_loss(pred.float(), y, mask, self.config.loss, self.config.smooth_l1_beta)
         with torch.no_grad():
-            w = mask.unsqueeze(-1).float()
-            count = w.sum().clamp_min(2.0)
-
-            def masked_std(t: Tensor) -> Tensor:
-                # per-dimension std over the masked tokens, averaged over dimensions (official target_var /
-                # pred_var: collapse monitors)
-                mean = (t * w).sum((0, 1)) / count
-                var = (((t - mean) ** 2) * w).sum((0, 1)) / (count - 1)
-                return var.clamp_min(0).sqrt().mean()
-
-            metrics = {
-                "target_std": masked_std(y),
-                "pred_std": masked_std(pred.detach().float()),
+            metrics = {  # per-dimension std over the masked tokens (official target_var / pred_var)
+                "target_std": token_std(y, mask),
+                "pred_std": token_std(pred, mask),
                 "mask_ratio": mask.float().mean(),
             }
         return ObjectiveOutput(loss=loss, metrics=metrics)

@@ -25,7 +25,6 @@ collapse that small-scale I-JEPA runs show (docs/results/small_scale_ijepa.md me
 
 from __future__ import annotations
 
-import copy
 from typing import ClassVar, Literal
 
 import torch
@@ -35,7 +34,9 @@ from torch import Tensor
 
 from jepaflow.interfaces import Batch, Encoder, Objective, ObjectiveOutput, PluginConfig, Predictor
 from jepaflow.layers.masking import gather_tokens
+from jepaflow.layers.monitors import feature_std
 from jepaflow.layers.sigreg import SIGReg
+from jepaflow.layers.target import TargetNetworksMixin, frozen_copy
 
 
 def ijepa_loss(pred: Tensor, target: Tensor, valid: Tensor | None, kind: str, beta: float = 1.0) -> Tensor:
@@ -70,7 +71,7 @@ def masked_mean(tokens: Tensor, valid: Tensor | None) -> Tensor:
     return (tokens * w).sum(1) / w.sum(1).clamp_min(1.0)
 
 
-class IJEPAObjective(Objective):
+class IJEPAObjective(TargetNetworksMixin, Objective):
     """I-JEPA (Assran et al. 2023): context encoder + predictor regress the EMA target encoder's normalized
     patch representations of the target blocks. Default loss: smooth-L1 as in the official code."""
 
@@ -87,15 +88,16 @@ class IJEPAObjective(Objective):
         sigreg_slices: int = Field(256, ge=1, description="random 1-D directions per step for the SIGReg term")
 
     requires: ClassVar[frozenset[str]] = frozenset({"encoder", "predictor", "masker", "target_updater"})
+    needs: ClassVar[frozenset[str]] = frozenset({"drop_patches"})
 
     def __init__(self, config: Config, *, encoder: Encoder, predictor: Predictor):
         super().__init__()
         self.config = config
         self.encoder = encoder
         self.predictor = predictor
-        # The target starts as an exact copy (official: copy.deepcopy(encoder)) and never receives gradients.
-        self.target_encoder = copy.deepcopy(encoder)
-        self.target_encoder.requires_grad_(False)
+        # The target starts as an exact copy (official: copy.deepcopy(encoder)), never receives gradients and
+        # always runs in eval mode (TargetNetworksMixin): no stochastic depth or dropout in the targets.
+        self.target_encoder = frozen_copy(encoder)
         # Only built when used, so that the default objective's state dict stays what it always was.
         self.sigreg = SIGReg(config.sigreg_slices) if config.sigreg_weight > 0 else None
 
@@ -118,9 +120,7 @@ class IJEPAObjective(Objective):
             metrics["sigreg"] = reg.detach()
             loss = loss + self.config.sigreg_weight * reg
         with torch.no_grad():
-            # Collapse monitor: the per-dimension std of (unnormalized) pooled context features across the batch.
-            zd = zf.detach()
-            metrics["ctx_feat_std"] = zd.std(0).mean() if zd.shape[0] > 1 else zd.new_zeros(())
+            metrics["ctx_feat_std"] = feature_std(zf)  # docs/monitors.md
         return ObjectiveOutput(loss=loss, metrics=metrics)
 
     def target_pairs(self):

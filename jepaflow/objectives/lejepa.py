@@ -40,6 +40,7 @@ from pydantic import Field
 from torch import Tensor
 
 from jepaflow.interfaces import Batch, Encoder, Head, Objective, ObjectiveOutput, PluginConfig
+from jepaflow.layers.monitors import feature_std
 from jepaflow.layers.sigreg import SIGReg
 
 
@@ -150,15 +151,13 @@ class LeJEPAObjective(Objective):
         sig = self.sigreg(zf)  # (V,)
         loss = lejepa_loss(pred, sig, self.config.lamb)
         with torch.no_grad():
-            # Collapse monitors: per-dimension std across the batch, averaged over dimensions. SIGReg pushes
-            # the projections towards N(0, I), so proj_std should approach 1; feat_std follows the encoder.
-            pd, hd = zf[:vg].detach(), h[:vg].detach().float()
-            many = pd.shape[1] > 1
+            # Collapse monitors of the global views (docs/monitors.md). SIGReg pushes the projections towards
+            # N(0, I), so proj_std should approach 1; feat_std follows the encoder.
             metrics = {
                 "pred": pred.detach(),
                 "sigreg": sig.detach().mean(),
-                "proj_std": pd.std(1).mean() if many else pd.new_zeros(()),
-                "feat_std": hd.std(1).mean() if many else hd.new_zeros(()),
+                "proj_std": feature_std(zf[:vg]),
+                "feat_std": feature_std(h[:vg]),
             }
         return ObjectiveOutput(loss=loss, metrics=metrics)
 

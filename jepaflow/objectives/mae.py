@@ -28,6 +28,7 @@ from torch import Tensor
 
 from jepaflow.interfaces import Batch, Encoder, Objective, ObjectiveOutput, PluginConfig, Predictor
 from jepaflow.layers.masking import gather_tokens
+from jepaflow.layers.monitors import context_feature_std
 
 
 def patchify(images: Tensor, patch_size: int) -> Tensor:
@@ -104,6 +105,7 @@ class MAEObjective(Objective):
         eps: float = Field(1e-6, gt=0, description="added to the per-patch variance (official forward_loss: 1e-6)")
 
     requires: ClassVar[frozenset[str]] = frozenset({"encoder", "predictor", "masker"})
+    needs: ClassVar[frozenset[str]] = frozenset({"drop_patches"})
 
     def __init__(self, config: Config, *, encoder: Encoder, predictor: Predictor):
         super().__init__()
@@ -131,19 +133,12 @@ class MAEObjective(Objective):
                 target = normalize_patches(target, self.config.eps)
         loss = mae_loss(pred.float(), target, masks.targets_valid)
         with torch.no_grad():
-            # Same collapse monitor as I-JEPA (per-dimension std over the batch of the mean visible token),
-            # so that runs of different methods log a comparable number.
-            zd = z.detach().float()
-            if masks.context_valid is None:
-                zf = zd.mean(1)
-            else:
-                w = masks.context_valid.unsqueeze(-1).float()
-                zf = (zd * w).sum(1) / w.sum(1).clamp_min(1.0)
             pd = pred.detach().float()
-            metrics = {
-                "ctx_feat_std": zf.std(0).mean() if zf.shape[0] > 1 else zf.new_zeros(()),
-                # spread of the reconstructions: ~0 early, ~1 when normalized patches are reproduced
-                "pred_std": pd.std(dim=-1).mean() if pd.shape[-1] > 1 else pd.new_zeros(()),
+            metrics = {  # names as in docs/monitors.md
+                "ctx_feat_std": context_feature_std(z, masks.context_valid),
+                # spread of the pixels within a reconstructed patch: ~0 early, ~1 when normalized patches are
+                # reproduced
+                "recon_patch_std": pd.std(dim=-1).mean() if pd.shape[-1] > 1 else pd.new_zeros(()),
             }
         return ObjectiveOutput(loss=loss, metrics=metrics)
 

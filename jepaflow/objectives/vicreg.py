@@ -33,6 +33,7 @@ from torch import Tensor
 
 from jepaflow.interfaces import Batch, Encoder, Head, Objective, ObjectiveOutput, PluginConfig
 from jepaflow.layers.distributed import all_gather_with_grad, world_size
+from jepaflow.layers.monitors import feature_std
 
 
 def invariance_loss(z1: Tensor, z2: Tensor) -> Tensor:
@@ -156,9 +157,8 @@ class VICRegObjective(Objective):
             loss, terms = vicreg_loss(z1, z2, c.sim_coeff, c.std_coeff, c.cov_coeff, c.gamma, c.eps, z1_all, z2_all)
         with torch.no_grad():
             metrics = {k: v.detach() for k, v in terms.items()}
-            # mean per-dimension std over the batch, averaged over the views (the variance term pushes it up to
-            # gamma; near 0 means collapse)
-            metrics["emb_std"] = (z1.detach().std(0).mean() + z2.detach().std(0).mean()) / 2
+            # the variance term pushes it up to gamma; near 0 means collapse (docs/monitors.md)
+            metrics["proj_std"] = feature_std(torch.stack([z1, z2]))
         return ObjectiveOutput(loss=loss, metrics=metrics)
 
     def encoders(self) -> dict[str, Encoder]:

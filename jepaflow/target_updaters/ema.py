@@ -21,18 +21,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from pydantic import Field, model_validator
 from torch import nn
 
 from jepaflow.interfaces import PluginConfig, TargetUpdater
-from jepaflow.schedules import cosine, linear, momentum_at
-
-
-@torch.no_grad()
-def ema_update_(online: list[torch.Tensor], target: list[torch.Tensor], momentum: float) -> None:
-    """``target <- momentum * target + (1 - momentum) * online``, in place, fused over all tensors."""
-    torch._foreach_lerp_(target, online, 1.0 - momentum)
+from jepaflow.layers.target import ema_update_
+from jepaflow.schedules import cosine, momentum_at
 
 
 def ema_momentum(step: float, total_steps: float, start: float, end: float, schedule: str = "linear",
@@ -47,14 +41,12 @@ def ema_momentum(step: float, total_steps: float, start: float, end: float, sche
         ramp_steps: if set, the schedule spans the first ``ramp_steps`` updates instead of ``K`` and the momentum
             stays at ``end`` afterwards.
     Returns:
-        the momentum ``m_k``. The whole-run linear schedule is :func:`jepaflow.schedules.momentum_at` (unclamped,
-        as I-JEPA's generator); the others are clamped at ``end`` past their length.
+        the momentum ``m_k``, never past ``end``: every schedule stays at ``end`` once its length is reached
+        (reachable with ``optim.ipe_scale < 1``, where the official I-JEPA generator runs out and stops the run).
     """
     length = float(ramp_steps) if ramp_steps is not None else float(total_steps)
     if schedule == "linear":
-        if ramp_steps is None:
-            return momentum_at(step, total_steps, start, end)
-        return linear(min(step, length), length, start, end)
+        return momentum_at(step, length, start, end)  # start + (end - start) * min(k, length) / length
     if schedule == "cosine":
         return cosine(step, length, start, end)  # end + (start - end) * (1 + cos(pi * k / length)) / 2, clamped
     raise ValueError(f"unknown momentum schedule {schedule!r}")
@@ -99,14 +91,5 @@ class EMATargetUpdater(TargetUpdater):
 
     def update(self, pairs: list[tuple[nn.Module, nn.Module]], step: int, total_steps: float) -> dict[str, float]:
         m = self.momentum(step, total_steps)
-        online: list[torch.Tensor] = []
-        target: list[torch.Tensor] = []
-        for o, t in pairs:
-            op, tp = list(o.parameters()), list(t.parameters())
-            if len(op) != len(tp):
-                raise RuntimeError(f"online/target parameter lists differ ({len(op)} vs {len(tp)})")
-            online += [p.detach() for p in op]
-            target += list(tp)
-        if online:
-            ema_update_(online, target, m)
+        ema_update_(pairs, m)
         return {"momentum": m}

@@ -284,6 +284,7 @@ def test_a_broken_plugin_is_reported_and_the_others_still_work(tmp_path, fake_si
     assert done.returncode == 2
     assert "masker.name: masker plugin 'broken' from package brokenpkg 0.1 failed to import" in done.stderr
     assert "Traceback" not in done.stderr
+    assert done.stderr.count("fix:") == 1 and "fix: fix or reinstall brokenpkg" in done.stderr  # one fix, its own
 
     # `plugins show` does give the traceback, for the plugin's author.
     done = cli("plugins", "show", "broken", cwd=tmp_path, pythonpath=fake_site)
@@ -307,6 +308,41 @@ def test_a_name_collision_names_both_packages(tmp_path, fake_site):
     done = cli("plugins", "show", "dupe", cwd=tmp_path, pythonpath=fake_site)
     assert done.returncode == 0
     assert "name collision" in done.stdout and "pkg-alpha" in done.stdout and "pkg-beta" in done.stdout
+
+
+def test_a_masker_that_breaks_the_contract_is_named_by_validate_masks_and_run(tmp_path):
+    """A third-party masker whose context indices run past the grid: before, `validate` said ok and `run` died at
+    step 0 inside a gather; now all three commands stop with one message naming the plugin, its package and the
+    rule, exit 2."""
+    site = tmp_path / "site"
+    fake_distribution(
+        site, "offgrid-masks", {"jepaflow.maskers": {"offgrid": "offgrid_masks:OffGridMasker"}},
+        {"offgrid_masks": (
+            "import torch\n"
+            "from jepaflow.interfaces import MaskBatch, Masker\n"
+            "class OffGridMasker(Masker):\n"
+            "    def __init__(self, config):\n"
+            "        self.config = config\n"
+            "    def __call__(self, batch_size, grid_size, generator):\n"
+            "        n = grid_size[0] * grid_size[1]\n"
+            "        ctx = torch.arange(1, n // 2 + 1).repeat(batch_size, 1)  # the last index is n // 2 ...\n"
+            "        ctx[:, -1] = n  # ... moved one past the grid\n"
+            "        tgt = torch.zeros(batch_size, 1, 1, dtype=torch.long)\n"
+            "        return MaskBatch(context=ctx, targets=tgt)\n"
+        )},
+    )
+    recipe = write_recipe(tmp_path)
+    recipe.write_text(recipe.read_text().replace("name: multiblock", "name: offgrid").replace("mode: fixed", "")
+                      .replace("min_keep: 1", ""))
+    expected = ("masker 'offgrid' (package offgrid-masks 0.1) breaks the masker contract: context holds patch "
+                "index 16, outside [0, 16) for the 4x4 grid")
+    for args in (["validate", str(recipe)], ["masks", str(recipe), "--output", str(tmp_path / "m.png")],
+                 ["run", str(recipe), "--set", "train.max_steps=1"]):
+        done = cli(*args, cwd=tmp_path, pythonpath=site)
+        assert done.returncode == 2, (args, done.stdout[-2000:], done.stderr[-2000:])
+        assert expected in " ".join(done.stderr.split()), (args, done.stderr)
+        assert "Traceback" not in done.stderr + done.stdout
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
 
 
 # ------------------------------------------------------------------------------------------------ masks, run

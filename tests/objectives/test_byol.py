@@ -74,7 +74,7 @@ def test_stop_gradient_target_gets_no_gradient_and_online_does():
     # trainable parameters are exactly the online network's
     online = {id(p) for m in (obj.encoder, obj.projector, obj.prediction_head) for p in m.parameters()}
     assert {id(p) for p in obj.parameters() if p.requires_grad} == online
-    assert set(out.metrics) == {"pos_cosine", "emb_std"} and all(not m.requires_grad for m in out.metrics.values())
+    assert set(out.metrics) == {"pos_cosine", "proj_std_norm"} and all(not m.requires_grad for m in out.metrics.values())
 
 
 def test_loss_is_the_symmetrized_formula_of_the_networks_outputs():
@@ -138,5 +138,5 @@ def test_short_engine_run_loss_goes_down(tiny_recipe):
     assert summary["finished"] and len(losses) == 5 * 4
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
     assert last < 0.8 * first, losses
-    assert {"pos_cosine", "emb_std", "momentum"} <= set(rows[-1])
+    assert {"pos_cosine", "proj_std_norm", "momentum"} <= set(rows[-1])
     assert rows[0]["momentum"] == pytest.approx(0.99) and rows[-1]["momentum"] == pytest.approx(1.0, abs=1e-4)

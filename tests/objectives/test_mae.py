@@ -146,7 +146,7 @@ def test_objective_wiring_and_gradients():
         t = (t - t.mean(-1, keepdim=True)) / (t.var(-1, keepdim=True) + 1e-6).sqrt()
         expected = ((p - t) ** 2).mean()
     assert torch.isclose(out.loss, expected, atol=1e-6)
-    assert set(out.metrics) == {"ctx_feat_std", "pred_std"}
+    assert set(out.metrics) == {"ctx_feat_std", "recon_patch_std"}
     assert all(v.ndim == 0 and not v.requires_grad for v in out.metrics.values())
     out.loss.backward()
     assert obj.encoder.patch_embed.proj.weight.grad.abs().sum() > 0

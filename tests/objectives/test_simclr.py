@@ -134,7 +134,7 @@ def test_objective_forward_metrics_and_gradients():
     # Same value as the pure function on the projections of a joint 2B pass (BatchNorm over both views).
     z = obj.projector(obj.encoder.pool(obj.encoder(torch.cat([v1, v2]))))
     assert out.loss.item() == pytest.approx(nt_xent(z[:5], z[5:], 0.5).item(), rel=1e-6)
-    assert set(out.metrics) == {"pos_cosine", "contrast_acc", "emb_std"}
+    assert set(out.metrics) == {"pos_cosine", "contrast_acc", "proj_std_norm"}
     assert all(m.ndim == 0 and not m.requires_grad for m in out.metrics.values())
     assert 0.0 <= out.metrics["contrast_acc"].item() <= 1.0
     out.loss.backward()
@@ -188,5 +188,5 @@ def test_short_engine_run_loss_goes_down(tiny_recipe):
     assert summary["finished"] and len(losses) == 5 * 4
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
     assert last < 0.9 * first, losses
-    assert {"pos_cosine", "contrast_acc", "emb_std"} <= set(rows[-1])
+    assert {"pos_cosine", "contrast_acc", "proj_std_norm"} <= set(rows[-1])
     assert rows[-1]["contrast_acc"] > rows[0]["contrast_acc"]

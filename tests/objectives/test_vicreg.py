@@ -156,7 +156,7 @@ def test_objective_forward_metrics_and_gradients():
     # One pass per view (BatchNorm statistics per view), then the pure loss.
     expected, _ = vicreg_loss(obj.embed(v1), obj.embed(v2))
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
-    assert set(out.metrics) == {"invariance", "variance", "covariance", "emb_std"}
+    assert set(out.metrics) == {"invariance", "variance", "covariance", "proj_std"}
     assert all(m.ndim == 0 and not m.requires_grad for m in out.metrics.values())
     m = out.metrics
     total = 25 * m["invariance"] + 25 * m["variance"] + m["covariance"]
@@ -203,6 +203,6 @@ def test_short_engine_run_loss_goes_down(tiny_recipe):
     assert summary["finished"] and len(losses) == 8 * 4
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
     assert last < 0.9 * first, losses
-    assert {"invariance", "variance", "covariance", "emb_std"} <= set(rows[-1])
+    assert {"invariance", "variance", "covariance", "proj_std"} <= set(rows[-1])
     # the dimensions spread out: smaller variance hinge, larger per-dimension std
-    assert rows[-1]["variance"] < 0.8 * rows[0]["variance"] and rows[-1]["emb_std"] > rows[0]["emb_std"]
+    assert rows[-1]["variance"] < 0.8 * rows[0]["variance"] and rows[-1]["proj_std"] > rows[0]["proj_std"]

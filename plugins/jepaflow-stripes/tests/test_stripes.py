@@ -179,3 +179,14 @@ def test_entry_point_when_installed():
         pytest.skip("jepaflow-stripes is not installed (running from a source checkout)")
     assert eps[0].load() is StripeMasker
     assert eps[0].dist.metadata["Name"] == "jepaflow-stripes"
+
+
+@pytest.mark.parametrize("orientation", ["horizontal", "vertical", "random"])
+@pytest.mark.parametrize("grid", [(6, 6), (4, 7), (14, 14)])
+def test_keeps_jepaflows_masker_contract(orientation, grid):
+    # jepaflow's own checker: index range, dtypes, shapes, valid masks, no empty context, no overlap. It is what
+    # `jepaflow validate`, `masks` and `run` call, so a failure here is a failure there.
+    from jepaflow.testing import check_masker
+
+    masker = StripeMasker(StripeMaskerConfig(num_targets=2, stripe_width=1, orientation=orientation))
+    check_masker(masker, grid, batch_size=16)
