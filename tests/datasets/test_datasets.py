@@ -321,3 +321,39 @@ def test_synthetic_shapes_are_distinguishable():
 
     acc = knn_accuracy(*stack(train), *stack(test), k=20)
     assert acc > 0.35  # chance is 0.25; measured 0.457
+
+
+def test_fused_float_and_normalize_steps_equal_torchvision_v2():
+    """ToFloatImage + NormalizeImage replace v2.ToImage/ToDtype/MatchChannels/Normalize/ToPureTensor for speed:
+    the outputs must stay bit-identical (same crops under the same seed, same arithmetic)."""
+    import numpy as np
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from jepaflow.datasets.transforms import MatchChannels, ResizeForEval, eval_transform, pretrain_transform
+
+    def reference(size, mean, std, channels, jitter, augment):
+        head = [v2.RandomResizedCrop(size, scale=(0.3, 1.0), antialias=True)] if augment else [
+            ResizeForEval(size), v2.CenterCrop(size)]
+        mid = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), MatchChannels(channels)]
+        if jitter:
+            mid += [v2.RandomApply([v2.ColorJitter(0.8 * jitter, 0.8 * jitter, 0.8 * jitter, 0.2 * jitter)], p=0.8),
+                    v2.RandomGrayscale(p=0.2)]
+        return v2.Compose(head + mid + [v2.Normalize(list(mean), list(std)), v2.ToPureTensor()])
+
+    rng = np.random.default_rng(0)
+    grey_t = torch.from_numpy(rng.integers(0, 256, (1, 28, 28), dtype=np.uint8))
+    rgb_pil = Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    grey_pil = Image.fromarray(rng.integers(0, 256, (40, 50), dtype=np.uint8))
+    imnet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    cases = [(grey_t, 1, (0.286,), (0.353,), 0.0), (grey_t, 3, (0.286,), (0.353,), 0.0),
+             (rgb_pil, 3, *imnet, 0.0), (rgb_pil, 3, *imnet, 0.5), (rgb_pil, 1, (0.5,), (0.25,), 0.0),
+             (grey_pil, 3, (0.5,), (0.25,), 0.0)]
+    for image, channels, mean, std, jitter in cases:
+        torch.manual_seed(3)
+        want = reference(24, mean, std, channels, jitter, augment=True)(image)
+        torch.manual_seed(3)
+        got = pretrain_transform(24, (0.3, 1.0), mean, std, False, jitter, channels)(image)
+        assert type(got) is torch.Tensor and got.dtype == torch.float32 and torch.equal(got, want)
+        got = eval_transform(24, mean, std, channels=channels)(image)
+        assert torch.equal(got, reference(24, mean, std, channels, 0.0, augment=False)(image))
