@@ -368,7 +368,7 @@ def load_state_dict_checked(module: nn.Module, state: dict[str, Any], source: st
     wrong = [
         f"{k}: {tuple(getattr(state[k], 'shape', ()))} in the file, {tuple(v.shape)} expected"
         for k, v in expected.items()
-        if k in state and getattr(state[k], "shape", None) != v.shape
+        if k in state and getattr(state[k], "shape", None) != getattr(v, "shape", None)
     ]
     if missing or unexpected or wrong:
 

@@ -307,3 +307,22 @@ def test_jepaflow_checkpoint_round_trip(tmp_path, tiny_recipe, images):
         assert load_encoder(run, img_size=48)(torch.zeros(1, 3, 48, 48)).shape == (1, 36, 48)
     with pytest.raises(JepaflowError, match="context, target"):
         load_encoder(run / "checkpoints" / "last.pt", which="student")
+
+
+def test_jepaflow_checkpoint_with_module_extra_state_loads(tmp_path, tiny_recipe, images):
+    """Modules may keep non-tensor extra state (SIGReg's call counter, under I-JEPA's sigreg option): the checked
+    loader compares shapes of tensors only."""
+    from jepaflow.config import load_recipe
+    from jepaflow.engine.build import build_objective
+
+    recipe = load_recipe(tiny_recipe({"objective": {"sigreg_weight": 0.1}}))
+    objective = build_objective(recipe)
+    state = objective.state_dict()
+    assert isinstance(state["sigreg._extra_state"], dict)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"format": "jepaflow-checkpoint", "version": 1, "recipe": recipe.to_dict(), "objective": state,
+                "step": 1, "rng": {"torch": torch.get_rng_state()}}, run / "checkpoints" / "last.pt")
+    objective.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(load_encoder(run)(images), objective.target_encoder(images), atol=0, rtol=0)
