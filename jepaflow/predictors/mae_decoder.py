@@ -24,10 +24,10 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from jepaflow.encoders.vit import init_reference_weights, layer_norm, make_blocks
 from jepaflow.interfaces import PluginConfig, Predictor
 from jepaflow.layers.masking import gather_tokens
 from jepaflow.layers.pos_embed import sincos_pos_embed_2d
+from jepaflow.layers.transformer import init_reference_weights, layer_norm, make_blocks
 
 
 def fill_sequence(tokens: Tensor, idx: Tensor, valid: Tensor | None, mask_token: Tensor, num_patches: int) -> Tensor:

@@ -16,10 +16,9 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from jepaflow.encoders.vit import init_reference_weights, layer_norm, make_blocks
 from jepaflow.interfaces import PluginConfig, Predictor
 from jepaflow.layers.pos_embed import sincos_pos_embed_2d
-from jepaflow.layers.transformer import key_padding_attn_mask
+from jepaflow.layers.transformer import init_reference_weights, key_padding_attn_mask, layer_norm, make_blocks
 
 #: heads when neither the config nor the encoder says (the reference ``VisionTransformerPredictor`` default)
 DEFAULT_NUM_HEADS = 12
