@@ -106,7 +106,7 @@ def with_img_size(encoder: Encoder, img_size: int, source: str = "the encoder") 
 
     The encoder's plugin config must have an ``img_size`` field. Every weight is copied; a position table
     whose shape depends on the grid is recomputed when it is a fixed buffer (sin-cos: exact at any size) and
-    resized bicubically when it is a learned parameter.
+    resized as timm does (``resample_abs_pos_embed``: bicubic, antialiased) when it is a learned parameter.
     """
     config = getattr(encoder, "config", None)
     if config is None or "img_size" not in type(config).model_fields:
@@ -136,10 +136,12 @@ def with_img_size(encoder: Encoder, img_size: int, source: str = "the encoder") 
         value = old_state[key]
         if value.shape != target.shape:
             if key in param_names:
-                # a learned table: the best available is a bicubic resize (as timm / the reference do)
-                from jepaflow.layers.pos_embed import resize_pos_embed
+                # a learned table: resized as timm resizes its own tables (bicubic, antialiased)
+                from timm.layers import resample_abs_pos_embed
 
-                value = resize_pos_embed(value, encoder.grid_size, resized.grid_size)
+                value = resample_abs_pos_embed(
+                    value, new_size=list(resized.grid_size), old_size=list(encoder.grid_size), num_prefix_tokens=0
+                )
             else:
                 # a fixed buffer (sin-cos table): the new module computed the exact one for its grid
                 value = target

@@ -20,12 +20,12 @@ from typing import Any, ClassVar
 import timm
 import torch
 from pydantic import Field, field_validator
+from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from jepaflow.errors import JepaflowError
 from jepaflow.interfaces import Encoder, PluginConfig
-from jepaflow.layers.pos_embed import resize_pos_embed
 from jepaflow.layers.transformer import encode_tokens, last_block_outputs
 
 #: constructor arguments this plugin sets itself; ``model_kwargs`` may not override them.
@@ -105,7 +105,8 @@ def adapt_timm_state_dict(state: dict[str, Tensor], model: VisionTransformer) ->
 
     The classifier (``head``, ``fc_norm``, ``attn_pool``) is dropped; so are the class and register tokens and,
     when the checkpoint's position table has rows for them (timm's ``no_embed_class=False`` layout), those
-    rows. A position table for another grid is resized bicubically (timm's ``resample_abs_pos_embed`` rule).
+    rows. A position table for another grid is resized by timm's ``resample_abs_pos_embed`` with its defaults
+    (bicubic, antialiased), so the table equals the one timm itself loads into a model of this grid.
     """
     out = {k: v for k, v in state.items() if not k.startswith(("head.", "fc_norm.", "attn_pool."))}
     n_prefix = 0
@@ -120,7 +121,9 @@ def adapt_timm_state_dict(state: dict[str, Tensor], model: VisionTransformer) ->
         old = int(round(pos.shape[1] ** 0.5))
         if old * old != pos.shape[1]:
             raise JepaflowError(f"the checkpoint's pos_embed ({pos.shape[1]} rows) is not a square grid")
-        out["pos_embed"] = resize_pos_embed(pos, (old, old), tuple(model.patch_embed.grid_size))
+        out["pos_embed"] = resample_abs_pos_embed(
+            pos, new_size=list(model.patch_embed.grid_size), old_size=[old, old], num_prefix_tokens=0
+        )
     return out
 
 
