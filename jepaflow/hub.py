@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 from torch import Tensor, nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from jepaflow.errors import JepaflowError
 from jepaflow.interfaces import Encoder
@@ -319,12 +320,18 @@ def _is_official(ckpt: dict) -> bool:
 
 
 def strip_wrapper_prefixes(state_dict: dict[str, Any]) -> dict[str, Any]:
-    """Drop the ``module.`` (DistributedDataParallel) and ``_orig_mod.`` (torch.compile) key prefixes that
-    every key shares."""
-    for prefix in _WRAPPER_PREFIXES:
-        if state_dict and all(isinstance(k, str) and k.startswith(prefix) for k in state_dict):
-            return strip_wrapper_prefixes({k[len(prefix) :]: v for k, v in state_dict.items()})
-    return state_dict
+    """A copy of ``state_dict`` without the ``module.`` (DistributedDataParallel) and ``_orig_mod.``
+    (torch.compile) key prefixes, nested in any order, that *every* key shares.
+
+    The renaming is torch's ``consume_prefix_in_state_dict_if_present``; the every-key condition is kept because
+    that function also renames a lone key that happens to start with ``module.`` (a submodule of that name)."""
+    state = dict(state_dict)
+    while state:
+        prefix = next((p for p in _WRAPPER_PREFIXES if all(isinstance(k, str) and k.startswith(p) for k in state)), None)
+        if prefix is None:
+            break
+        consume_prefix_in_state_dict_if_present(state, prefix)
+    return state
 
 
 def _encoder_from_official(ckpt: dict, path: Path, which: str | None, num_heads: int | None) -> Encoder:
