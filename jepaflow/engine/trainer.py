@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from jepaflow.config import Recipe
 from jepaflow.engine import checkpoint as ckpt_io
@@ -383,9 +382,4 @@ def run_probe(recipe: Recipe, encoder: torch.nn.Module, device: torch.device) ->
     return out
 
 
-def load_run_recipe(run_dir: str | Path) -> dict[str, Any]:
-    """The resolved recipe a run was started with (its recipe.yaml)."""
-    return yaml.safe_load((Path(run_dir) / "recipe.yaml").read_text())
-
-
-__all__ = ["train", "run_probe", "load_run_recipe"]
+__all__ = ["train", "run_probe"]

@@ -356,8 +356,6 @@ class MultiBlockMasker(Masker):
     See the module docstring and docs/maskers.md.
     """
 
-    summary = "I-JEPA multi-block masks: M target blocks, one context block minus the targets"
-
     class Config(PluginConfig):
         mode: Literal["official", "fixed"] = Field(
             "official",
