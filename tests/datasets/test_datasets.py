@@ -265,6 +265,7 @@ def test_image_folder_user_errors_name_the_path(tmp_path, image_root):
 
 # ------------------------------------------------------------------------------------------------ digits
 def test_stratified_split_is_disjoint_complete_and_stratified():
+    pytest.importorskip("sklearn")
     labels = np.repeat(np.arange(3), [10, 20, 30])
     train, test = stratified_split(labels, 0.2, seed=0)
     assert len(np.intersect1d(train, test)) == 0 and len(train) + len(test) == 60
@@ -277,13 +278,13 @@ def test_digits_splits_shapes_and_normalization():
     pytest.importorskip("sklearn")
     train = DigitsDataset(DigitsDataset.Config(), split="train")
     test = DigitsDataset(DigitsDataset.Config(), split="test", augment=True)
-    assert (len(train), len(test)) == (1438, 359)
-    assert train.images.shape == (1438, 1, 32, 32) and train.images.dtype == torch.uint8
+    assert (len(train), len(test)) == (1437, 360)
+    assert train.images.shape == (1437, 1, 32, 32) and train.images.dtype == torch.uint8
     assert set(np.unique(test.labels).tolist()) == set(range(10))
     _check_item(train, 3)
     _check_item(test, 0)
     pixels = train.images.float() / 255
-    assert abs(pixels.mean().item() - 0.3055) < 1e-3 and abs(pixels.std().item() - 0.3236) < 1e-3
+    assert abs(pixels.mean().item() - 0.3054) < 1e-4 and abs(pixels.std().item() - 0.3236) < 1e-4
 
 
 # ------------------------------------------------------------------------------------------------ synthetic
