@@ -7,6 +7,7 @@ Commands::
     jepaflow masks RECIPE --output masks.png [--batch-size N] [--batches N] [--set PATH=VALUE]...
     jepaflow plugins list
     jepaflow plugins show NAME [--kind KIND]
+    jepaflow export RUN_OR_CHECKPOINT --output DIR [--which ROLE] [--timm/--no-timm]
     jepaflow --version
 
 Every user error is a :class:`jepaflow.errors.JepaflowError`: it is printed as "error: <problem>" and
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from jepaflow import __version__
+from jepaflow.cli.export import export as export_command
 from jepaflow.errors import JepaflowError, PluginError
 
 if TYPE_CHECKING:
@@ -49,6 +51,7 @@ app = typer.Typer(
 )
 plugins_app = typer.Typer(help="Installed plugins (entry points), their status and their settings.", no_args_is_help=True)
 app.add_typer(plugins_app, name="plugins")
+app.command("export")(export_command)
 
 
 # ------------------------------------------------------------------------------------------------ output helpers
