@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from jepaflow.errors import PluginError, RecipeError
 from jepaflow.registry import Registry, default_registry
@@ -86,6 +86,28 @@ class TrainConfig(_Strict):
     log_every: int = Field(10, ge=1, description="steps between metric lines (the only host syncs)")
     progress: bool = Field(True, description="show a rich progress bar on rank 0")
     pin_memory: bool = Field(True, description="pin host memory when training on CUDA")
+    loggers: list[Literal["jsonl", "tensorboard", "wandb"]] = Field(
+        ["jsonl"], description="metric sinks: jsonl (metrics.jsonl, always), tensorboard (<run>/tensorboard), wandb "
+        "(offline unless WANDB_MODE is set); see jepaflow/engine/loggers.py"
+    )
+
+    @field_validator("loggers")
+    @classmethod
+    def _loggers_usable(cls, names: list[str]) -> list[str]:
+        import importlib.util
+
+        from pydantic_core import PydanticCustomError  # a plain message (no "Value error, " prefix)
+
+        if "jsonl" not in names:
+            raise PydanticCustomError("loggers", "must include jsonl (metrics.jsonl feeds curves.png, the summary "
+                                      "and --resume)")
+        if len(set(names)) != len(names):
+            raise PydanticCustomError("loggers", "lists a logger twice")
+        for name in names:  # the package each sink needs, checked now rather than at step 0
+            if name != "jsonl" and importlib.util.find_spec(name) is None:
+                raise PydanticCustomError("loggers", f"{name} is not installed: pip install {name} (or drop it "
+                                          "from train.loggers)")
+        return names
     monitor_every: int | None = Field(
         100, ge=1, description="steps between label-free monitors (RankMe, feature std) of the representation "
         "encoder on a fixed batch, and at the last step (None: off)"

@@ -39,7 +39,8 @@ from jepaflow.engine.distributed import (
     cleanup,
     init_distributed,
 )
-from jepaflow.engine.logging import MetricsWriter, Progress, environment, plot_curves, plugin_provenance
+from jepaflow.engine.loggers import open_loggers
+from jepaflow.engine.logging import Progress, environment, plot_curves, plugin_provenance
 from jepaflow.engine.monitor import TrainingMonitor, knn_due, monitor_due
 from jepaflow.engine.optim import build_optimizer, set_hyperparams
 from jepaflow.errors import DataError, JepaflowError, TrainingDiverged
@@ -219,7 +220,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
         env = environment(world, info.device) | {"steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
                                                  "plugins": plugin_provenance(recipe)}
         (run_dir / "env.json").write_text(json.dumps(env, indent=2))
-        metrics = MetricsWriter(run_dir / "metrics.jsonl", resume_step=step if resume else None)
+        metrics = open_loggers(t_cfg.loggers, run_dir, resume_step=step if resume else None, config=recipe.to_dict())
         print(f"jepaflow: {len(dataset)} images, {steps_per_epoch} steps/epoch, {run_steps - step} steps to run "
               f"(from step {step}) on {world} x {info.device.type}; run folder {run_dir}", flush=True)
     monitor = None  # label-free monitors on a fixed batch, rank 0 only (engine/monitor.py)
