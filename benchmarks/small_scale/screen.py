@@ -128,7 +128,7 @@ def load_split(recipe_dict: dict, split: str, device) -> tuple[torch.Tensor, tor
 
 
 def screen_probe(run_dir: Path, device: str, data_cache: dict, roles=("target", "context"),
-                 grid=(1e-4, 1e-3, 1e-2)) -> dict[str, Any]:
+                 grid=(1e-4, 1e-3, 1e-2), layer_sets=("last", "last4"), linear_train: int | None = None) -> dict[str, Any]:
     import jepaflow
     from jepaflow.probes.knn import knn_accuracy
 
@@ -142,8 +142,12 @@ def screen_probe(run_dir: Path, device: str, data_cache: dict, roles=("target", 
     for role in roles:
         enc = jepaflow.load_encoder(run_dir, which=role, map_location=device)
         ftr, fte = encoder_features(enc, xtr), encoder_features(enc, xte)
-        for layers in ("last", "last4"):
-            out[f"{role}_{layers}_linear"] = logreg_accuracy(ftr[layers], ytr, fte[layers], yte, classes, grid)
+        sub = slice(None)
+        if linear_train is not None and linear_train < len(ytr):  # an evenly spaced subset (classes are mixed)
+            sub = torch.linspace(0, len(ytr) - 1, linear_train).long().to(ytr.device)
+        for layers in layer_sets:
+            out[f"{role}_{layers}_linear"] = logreg_accuracy(ftr[layers][sub], ytr[sub], fte[layers], yte, classes,
+                                                             grid)
         out[f"{role}_last_knn"] = knn_accuracy(ftr["last"], ytr, fte["last"], yte, k=20, temperature=0.07,
                                                num_classes=classes)
         out[f"{role}_last_rankme"] = rankme(fte["last"])
@@ -172,7 +176,8 @@ def run_variant(name: str, plan: dict, args, out_dir: Path) -> None:
             raise SystemExit(f"training {name} failed with exit code {rc}")
     t1 = time.time()
     device = "cuda" if args.device == "cuda" else "cpu"
-    res = screen_probe(run, device, {}, roles=args.roles, grid=tuple(args.grid))
+    res = screen_probe(run, device, {}, roles=args.roles, grid=tuple(args.grid), layer_sets=tuple(args.layers),
+                       linear_train=args.linear_train)
     summary = json.loads((run / "summary.json").read_text())
     res.update(train_minutes=round((t1 - t0) / 60, 2), probe_seconds=round(time.time() - t1, 1),
                last=summary.get("last", {}), overrides=overrides)
@@ -237,6 +242,8 @@ def main() -> None:
     p.add_argument("--deadline", type=float, default=None, help="seconds after which no new variant starts")
     p.add_argument("--roles", nargs="+", default=["target", "context"], help="encoders to probe")
     p.add_argument("--grid", nargs="+", type=float, default=[1e-4, 1e-3, 1e-2], help="L2 penalties tried")
+    p.add_argument("--layers", nargs="+", default=["last", "last4"], help="feature sets for the linear probe")
+    p.add_argument("--linear-train", type=int, default=None, help="train items for the linear probe (default all)")
     p.add_argument("--flops", action="store_true", help="only print each variant's training MFLOPs per image")
     p.add_argument("--table-only", action="store_true", help="only print the table of what is already probed")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
