@@ -92,15 +92,15 @@ def logreg_accuracy(xtr, ytr, xte, yte, classes: int, grid=(1e-5, 1e-4, 1e-3, 1e
     val = val.to(xtr.device)
     a, b = standardize(xtr[~val], xtr[val])
     scores = {}
-    for l2 in grid:
+    for l2 in grid if len(grid) > 1 else []:  # a single value needs no validation fit
         w = fit_logreg(a, ytr[~val], classes, l2)
         bb = torch.cat([b, torch.ones(len(b), 1, device=b.device)], 1)
         scores[l2] = float(((bb @ w).argmax(1) == ytr[val]).float().mean())
-    best = max(scores, key=lambda k: (scores[k], k))  # ties: the stronger penalty
+    best = max(scores, key=lambda k: (scores[k], k)) if scores else grid[0]  # ties: the stronger penalty
     tr, te = standardize(xtr, xte)
     w = fit_logreg(tr, ytr, classes, best)
     te1 = torch.cat([te, torch.ones(len(te), 1, device=te.device)], 1)
-    return {"acc": float(((te1 @ w).argmax(1) == yte).float().mean()), "l2": best, "val": scores[best]}
+    return {"acc": float(((te1 @ w).argmax(1) == yte).float().mean()), "l2": best, "val": scores.get(best)}
 
 
 @torch.no_grad()
@@ -208,8 +208,8 @@ def step_flops(plan: dict, name: str, extra: list[str], batch: int = 32) -> floa
 def table(names: list[str], out_dir: Path, roles: list[str]) -> str:
     cols = [f"{r}_{layers}_linear" for r in roles for layers in ("last", "last4")]
     cols += [f"{r}_last_knn" for r in roles] + ["target_last_rankme" if "target" in roles else f"{roles[0]}_last_rankme"]
-    head = "| variant | " + " | ".join(c.replace("_", " ") for c in cols) + " | loss | train min |"
-    lines = [head, "|" + "---|" * (len(cols) + 3)]
+    head = "| variant | " + " | ".join(c.replace("_", " ") for c in cols) + " | loss | train RankMe | train min |"
+    lines = [head, "|" + "---|" * (len(cols) + 4)]
     for n in names:
         f = out_dir / n / "screen.json"
         if not f.exists():
@@ -225,8 +225,10 @@ def table(names: list[str], out_dir: Path, roles: list[str]) -> str:
                 cells.append(f"{v['acc'] * 100:.1f}")
             else:
                 cells.append(f"{v:.1f}" if c.endswith("rankme") else f"{v * 100:.1f}")
-        loss = res.get("last", {}).get("loss", math.nan)
-        lines.append(f"| {n} | " + " | ".join(cells) + f" | {loss:.4f} | {res.get('train_minutes', math.nan)} |")
+        last = res.get("last", {})
+        loss = last.get("pred_loss", last.get("loss", math.nan))
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {loss:.4f} | {last.get('rankme', math.nan):.1f} | "
+                     f"{res.get('train_minutes', math.nan)} |")
     return "\n".join(lines)
 
 
