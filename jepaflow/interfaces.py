@@ -30,7 +30,9 @@ from jepaflow.strict import StrictModel
 class PluginConfig(StrictModel):
     """Base of every plugin's config model: unknown fields are errors, not silently ignored, and values are
     strict (``true`` is not an int, ``"2"`` not a number; an int is a float and a list a tuple): see
-    :mod:`jepaflow.strict`."""
+    :mod:`jepaflow.strict`. Numbers are finite and integers fit in 64 bits; give every number field a range
+    (``Field(ge=..., le=...)``, or a shared range type of :mod:`jepaflow.fields`): a value that validates should
+    also build."""
 
     model_config = ConfigDict(protected_namespaces=())
 

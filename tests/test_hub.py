@@ -289,8 +289,7 @@ def test_jepaflow_checkpoint_round_trip(tmp_path, tiny_recipe, images):
         "recipe": recipe.to_dict(),
         "objective": objective.state_dict(),
         "step": 10,
-        # an object the restricted unpickler refuses: jepaflow's own format may still be read in full
-        "rng": {"numpy": np.random.get_state()},
+        "rng": {"torch": torch.get_rng_state()},  # what the engine stores: weights_only-loadable
     }
     torch.save(ckpt, run / "checkpoints" / "last.pt")
     objective.eval()

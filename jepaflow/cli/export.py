@@ -26,6 +26,9 @@ def export(
 
     with _user_errors():
         from jepaflow.export import export_encoder
+        from jepaflow.outputs import check_output_dir
+
+        check_output_dir(output, "--output folder")  # before reading the checkpoint
 
         info = export_encoder(source, output, which=which, timm_weights=timm)
     out = _console()

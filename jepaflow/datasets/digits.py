@@ -11,6 +11,7 @@ from pydantic import Field
 from jepaflow.datasets.base import ImageDataset
 from jepaflow.datasets.transforms import ImageDataConfig, resize_stack
 from jepaflow.errors import DataError
+from jepaflow.fields import ImageSize
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -41,13 +42,13 @@ class DigitsDataset(ImageDataset):
     (1437 train / 360 test)."""
 
     class Config(ImageDataConfig):
-        image_size: int = Field(32, ge=1, description="side of the upsampled images (native 8)")
+        image_size: ImageSize = Field(32, description="side of the upsampled images (native 8)")
         channels: int = Field(1, description="1 (native), or 3 to repeat the grey channel")
         # Train-split pixel statistics at image_size=32 (the default split).
         mean: tuple[float, ...] = Field((0.3054,), description="normalization mean")
         std: tuple[float, ...] = Field((0.3236,), description="normalization std")
         test_fraction: float = Field(0.2, gt=0, lt=1, description="fraction of each class held out for test")
-        split_seed: int = Field(0, description="seed of the stratified split")
+        split_seed: int = Field(0, ge=0, description="seed of the stratified split")
 
     num_classes = 10
 

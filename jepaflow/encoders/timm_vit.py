@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import timm
-import torch
 from pydantic import Field, field_validator
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from jepaflow.errors import JepaflowError
+from jepaflow.fields import DropRate, ImageSize
 from jepaflow.interfaces import Encoder, PluginConfig
 from jepaflow.layers.transformer import encode_tokens, last_block_outputs
 
@@ -75,29 +75,11 @@ def build_timm_vit(
 
 def read_timm_state_dict(path: Path) -> dict[str, Tensor]:
     """Tensors of a local timm weight file (``.safetensors`` or a ``torch.save`` file; ``state_dict``/``model``
-    wrappers and ``module.`` prefixes removed), read without executing pickled code."""
-    from jepaflow.hub import strip_wrapper_prefixes
+    wrappers and ``module.`` prefixes removed), read by :func:`jepaflow.checkpoints.read_state_dict`: never
+    executing pickled code, refusing non-finite weights."""
+    from jepaflow.checkpoints import read_state_dict
 
-    if not path.is_file():
-        raise JepaflowError(f"no timm weight file at {path}", "check encoder.checkpoint (a local file)")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise JepaflowError(
-            f"cannot read {path} as timm weights ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
-            "pass a .safetensors file or a torch.save'd state dict",
-        ) from None
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict):
-        raise JepaflowError(f"{path} does not hold a state dict", "pass timm weights (a dict of tensors)")
-    return strip_wrapper_prefixes(dict(state))
+    return read_state_dict(path, what="timm weight file (encoder.checkpoint)")
 
 
 def adapt_timm_state_dict(state: dict[str, Tensor], model: VisionTransformer) -> dict[str, Tensor]:
@@ -140,12 +122,12 @@ class TimmViTEncoder(Encoder):
         model_name: str = Field(
             "vit_base_patch16_224", description="timm model name (a VisionTransformer: vit_*, deit3_*, ...)"
         )
-        img_size: int = Field(224, ge=1, description="side of the (square) training images in pixels")
-        in_chans: int = Field(3, ge=1, description="image channels")
+        img_size: ImageSize = Field(224, description="side of the (square) training images in pixels")
+        in_chans: int = Field(3, ge=1, le=64, description="image channels")
         checkpoint: str | None = Field(
             None, description="local file of timm weights to start from (nothing is ever downloaded)"
         )
-        drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth of the last block")
+        drop_path_rate: DropRate = Field(0.0, description="stochastic depth of the last block")
         model_kwargs: dict[str, Any] = Field(
             default_factory=dict,
             description="extra timm.create_model arguments (patch_size, embed_dim, depth, num_heads, ...)",
@@ -176,7 +158,7 @@ class TimmViTEncoder(Encoder):
         self.depth = len(self.model.blocks)
         self.num_heads = int(getattr(self.model.blocks[0].attn, "num_heads", 0)) or None
         if config.checkpoint is not None:
-            from jepaflow.hub import load_state_dict_checked
+            from jepaflow.checkpoints import load_state_dict_checked
 
             path = Path(config.checkpoint).expanduser()
             state = adapt_timm_state_dict(read_timm_state_dict(path), self.model)

@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 from timm.layers import PatchEmbed
 from torch import Tensor
 
+from jepaflow.fields import Blocks, DropRate, Heads, ImageSize, InitStd, MlpRatio, Width
 from jepaflow.interfaces import Encoder, PluginConfig
 from jepaflow.layers.pos_embed import sincos_pos_embed_2d
 from jepaflow.layers.transformer import (
@@ -51,15 +52,15 @@ class VisionTransformerEncoder(Encoder):
         size: Literal["tiny", "small", "base", "large", "huge", "giant"] = Field(
             "base", description="reference ViT size (tiny/small/base/large/huge/giant)"
         )
-        patch_size: int = Field(16, ge=1, description="patch side in pixels")
-        img_size: int = Field(224, ge=1, description="side of the (square) training images in pixels")
-        in_chans: int = Field(3, ge=1, description="image channels")
-        embed_dim: int | None = Field(None, ge=4, description="override the size's width (e.g. for CPU runs)")
-        depth: int | None = Field(None, ge=1, description="override the size's number of blocks")
-        num_heads: int | None = Field(None, ge=1, description="override the size's attention heads")
-        mlp_ratio: float | None = Field(None, gt=0, description="override the size's MLP hidden/width ratio")
-        drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth of the last block")
-        init_std: float = Field(0.02, gt=0, description="std of the truncated-normal weight init")
+        patch_size: int = Field(16, ge=1, le=1024, description="patch side in pixels")
+        img_size: ImageSize = Field(224, description="side of the (square) training images in pixels")
+        in_chans: int = Field(3, ge=1, le=64, description="image channels")
+        embed_dim: Width | None = Field(None, ge=4, description="override the size's width (e.g. for CPU runs)")
+        depth: Blocks | None = Field(None, description="override the size's number of blocks")
+        num_heads: Heads | None = Field(None, description="override the size's attention heads")
+        mlp_ratio: MlpRatio | None = Field(None, description="override the size's MLP hidden/width ratio")
+        drop_path_rate: DropRate = Field(0.0, description="stochastic depth of the last block")
+        init_std: InitStd = Field(0.02, description="std of the truncated-normal weight init")
 
         def dims(self) -> tuple[int, int, int, float]:
             """``(embed_dim, depth, num_heads, mlp_ratio)``: the size's values with the overrides applied."""

@@ -29,6 +29,7 @@ import torch
 
 from jepaflow.config import Recipe
 from jepaflow.engine import checkpoint as ckpt_io
+from jepaflow.engine import faults
 from jepaflow.engine.build import build_dataset, build_masker, build_objective, build_target_updater
 from jepaflow.engine.data import MaskingCollator, StepBatchSampler, epoch_loader, mix_seed
 from jepaflow.engine.distributed import (
@@ -43,7 +44,8 @@ from jepaflow.engine.loggers import open_loggers
 from jepaflow.engine.logging import Progress, environment, plot_curves, plugin_provenance
 from jepaflow.engine.monitor import TrainingMonitor, knn_due, monitor_due
 from jepaflow.engine.optim import build_optimizer, set_hyperparams
-from jepaflow.errors import DataError, JepaflowError, TrainingDiverged
+from jepaflow.errors import DataError, JepaflowError
+from jepaflow.outputs import check_output_dir
 from jepaflow.schedules import lr_at, weight_decay_at
 
 #: recipe sections that may change between a run and its resumption (they do not change the trajectory).
@@ -90,9 +92,16 @@ def _check_resumable(saved: dict[str, Any], recipe: Recipe) -> None:
 
 def train(recipe: Recipe, output_dir: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
     """Pretrain according to ``recipe``; returns a summary (also written to ``summary.json``)."""
-    info = init_distributed(recipe.train.device)
+    info = init_distributed(recipe.train.device, recipe.train.dist_timeout_s)
+    run_dir = Path(output_dir if output_dir is not None else recipe.output_dir)
     try:
-        return _train(recipe, Path(output_dir or recipe.output_dir), resume, info)
+        return _train(recipe, run_dir, resume, info)
+    except RuntimeError as exc:  # a dead loader worker, a lost or hung process: one message, not a traceback
+        failure = faults.runtime_failure(exc, recipe.train.num_workers, info.rank, info.world_size,
+                                         run_dir / "checkpoints" / "last.pt")
+        if failure is None:
+            raise
+        raise failure from None
     finally:
         cleanup()
 
@@ -148,7 +157,8 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
     t_cfg, o_cfg = recipe.train, recipe.optim
     last_ckpt = run_dir / "checkpoints" / "last.pt"
 
-    # ---- refuse anything that could overwrite a checkpoint, before building anything
+    # ---- refuse anything that could overwrite a checkpoint or fail to be written, before building anything
+    check_output_dir(run_dir)
     saved = None
     if resume:
         if not last_ckpt.exists():
@@ -201,10 +211,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
 
     step = 0
     if saved is not None:
-        objective.load_state_dict(saved["objective"])
-        optimizer.load_state_dict(saved["optimizer"])
-        ckpt_io.set_rng_state(saved["rng"])
-        step = int(saved["step"])
+        step = ckpt_io.restore(saved, objective, optimizer, last_ckpt, total_steps)
     model: torch.nn.Module = objective
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -232,17 +239,16 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
     barrier(info)
 
     def save(at_step: int, nonfinite: torch.Tensor) -> None:
+        # The weights themselves, not only the loss: one step at a huge learning rate makes them inf while the
+        # loss it was computed from is finite. One fused reduction on the device; bool() below is the one sync.
+        nonfinite = nonfinite | (ckpt_io.nonfinite_weights(objective) > 0)
         # Every rank must agree: one rank's NaN has already reached every replica through the gradient all-reduce.
         if world > 1:
             flag = nonfinite.float().reshape(1)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             nonfinite = flag[0] > 0
         if bool(nonfinite):
-            raise TrainingDiverged(
-                f"the loss became NaN or infinite before step {at_step}; the last good checkpoint is kept at "
-                f"{last_ckpt}",
-                "lower optim.lr, enable optim.grad_clip, or check the data; then --resume or restart",
-            )
+            raise faults.diverged(at_step, last_ckpt)
         if info.is_main:
             state = {
                 "format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "recipe": recipe.to_dict(),
@@ -349,7 +355,14 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
         plot = plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
         summary["plot"] = str(plot) if plot else None
         if recipe.probe.enabled:
-            summary["probe"] = run_probe(recipe, objective.representation_encoder(), info.device)
+            try:
+                with faults.raise_on_stop_signals():
+                    summary["probe"] = run_probe(recipe, objective.representation_encoder(), info.device)
+            except faults.StopSignal as sig:  # training is complete and checkpointed: say so, keep the summary
+                summary["probe"] = {"skipped": f"stopped by {sig.name} during the probe"}
+                summary["exit_code"] = sig.exit_code
+                print(f"jepaflow: stopped by {sig.name} during the end-of-run probe; training is complete and its "
+                      f"checkpoint is {last_ckpt}", flush=True)
             (run_dir / "probe.json").write_text(json.dumps(summary["probe"], indent=2))
             pr = summary["probe"]
             print("jepaflow: probe accuracy " + ", ".join(

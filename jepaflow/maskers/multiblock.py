@@ -45,6 +45,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import Tensor
 
 from jepaflow.errors import JepaflowError
+from jepaflow.fields import MAX_IMAGE_SIZE
 from jepaflow.interfaces import MaskBatch, Masker, PluginConfig
 
 #: failed context draws before the reference sampler lets one more target stop constraining the context
@@ -361,14 +362,14 @@ class MultiBlockMasker(Masker):
             "official",
             description="official: reference collator rules, quirks included; fixed: quirks removed",
         )
-        num_targets: int = Field(4, ge=1, description="target blocks per image (M)")
+        num_targets: int = Field(4, ge=1, le=1024, description="target blocks per image (M)")
         target_scale: tuple[float, float] = Field(
             (0.15, 0.2), description="target block area, fraction of image"
         )
         target_aspect: tuple[float, float] = Field(
             (0.75, 1.5), description="target block aspect ratio h/w range"
         )
-        num_context: int = Field(1, ge=1, description="context blocks per image (their union is the context)")
+        num_context: int = Field(1, ge=1, le=1024, description="context blocks per image (their union is the context)")
         context_scale: tuple[float, float] = Field(
             (0.85, 1.0), description="context block area, fraction of image"
         )
@@ -376,7 +377,7 @@ class MultiBlockMasker(Masker):
             (1.0, 1.0), description="context block aspect ratio h/w range"
         )
         min_keep: int = Field(
-            10, ge=0, description="a block must keep more than this many patches (else redrawn)"
+            10, ge=0, le=MAX_IMAGE_SIZE**2, description="a block must keep more than this many patches (else redrawn)"
         )
         allow_overlap: bool = Field(False, description="let the context include target patches")
         context_fill: Literal["pad", "subsample"] = Field(

@@ -16,6 +16,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from jepaflow.fields import Blocks, DropRate, Heads, InitStd, MlpRatio, Width
 from jepaflow.interfaces import PluginConfig, Predictor
 from jepaflow.layers.pos_embed import sincos_pos_embed_2d
 from jepaflow.layers.transformer import init_reference_weights, key_padding_attn_mask, layer_norm, make_blocks
@@ -69,16 +70,16 @@ class VisionTransformerPredictor(Predictor):
     """
 
     class Config(PluginConfig):
-        embed_dim: int = Field(384, ge=4, description="predictor width (the paper's 384 for every encoder)")
-        depth: int = Field(
-            6, ge=1, description="predictor blocks (6: init_model default, ViT-B; 12: official ViT-H configs; 16: ViT-G)"
+        embed_dim: Width = Field(384, ge=4, description="predictor width (the paper's 384 for every encoder)")
+        depth: Blocks = Field(
+            6, description="predictor blocks (6: init_model default, ViT-B; 12: official ViT-H configs; 16: ViT-G)"
         )
-        num_heads: int | None = Field(
-            None, ge=1, description="attention heads; None: the encoder's (as the reference init_model does)"
+        num_heads: Heads | None = Field(
+            None, description="attention heads; None: the encoder's (as the reference init_model does)"
         )
-        mlp_ratio: float = Field(4.0, gt=0, description="MLP hidden/width ratio")
-        drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth of the last block")
-        init_std: float = Field(0.02, gt=0, description="std of the truncated-normal weight init")
+        mlp_ratio: MlpRatio = Field(4.0, description="MLP hidden/width ratio")
+        drop_path_rate: DropRate = Field(0.0, description="stochastic depth of the last block")
+        init_std: InitStd = Field(0.02, description="std of the truncated-normal weight init")
 
         @model_validator(mode="after")
         def _check_dims(self) -> VisionTransformerPredictor.Config:
