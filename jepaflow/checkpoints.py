@@ -111,8 +111,10 @@ def _backend_available(kind: str) -> bool:
     return bool(available()) if callable(available) else False
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", what: str = "checkpoint") -> Any:
-    """The object saved in ``path`` by :func:`torch.save`, unpickled with ``weights_only=True`` only.
+def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", what: str = "checkpoint", *,
+                    mmap: bool = False) -> Any:
+    """The object saved in ``path`` by :func:`torch.save`, unpickled with ``weights_only=True`` only (``mmap``:
+    tensors are memory-mapped, read from disk only where used).
 
     Raises:
         CheckpointError: missing, not a regular file, unreadable, damaged or truncated, holding Python objects
@@ -125,7 +127,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", what: st
         raise CheckpointError(f"the {what} {clip(str(file), 300)} is empty (0 bytes)",
                               "the write was interrupted; use an earlier copy, or re-download / re-copy it")
     try:
-        return torch.load(file, map_location=map_location, weights_only=True)
+        return torch.load(file, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:
         raise _unreadable(file, exc, what) from None
 

@@ -19,7 +19,6 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from jepaflow.errors import PluginError, RecipeError, clip, short
-
 from jepaflow.registry import Registry, default_registry
 from jepaflow.strict import INT64_MAX, INT64_MIN, StrictModel
 

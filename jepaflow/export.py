@@ -27,7 +27,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from jepaflow.errors import JepaflowError
@@ -193,9 +192,12 @@ def _normalization(checkpoint: Path) -> dict[str, list[float]] | None:
     """The data normalization the encoder was trained with: the stored recipe's ``data.mean/std`` for a jepaflow
     checkpoint, ImageNet's for an official I-JEPA checkpoint, else None. The file is memory-mapped with the
     restricted unpickler, so only the small entries read are loaded."""
+    from jepaflow.checkpoints import read_checkpoint
+    from jepaflow.errors import JepaflowError
+
     try:
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # load_encoder has read the file already: whatever this cannot map is just not described
+        ckpt = read_checkpoint(checkpoint, "cpu", mmap=True)
+    except JepaflowError:  # load_encoder has read the file already: whatever this cannot map is just not described
         return None
     if not isinstance(ckpt, dict):
         return None

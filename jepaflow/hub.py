@@ -32,7 +32,6 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor, nn
 
-from jepaflow.checkpoints import FORMAT as JEPAFLOW_FORMAT
 from jepaflow.checkpoints import (
     EXTRA_STATE_SUFFIX,
     check_finite,
@@ -43,6 +42,7 @@ from jepaflow.checkpoints import (
     read_checkpoint,
     strip_wrapper_prefixes,
 )
+from jepaflow.checkpoints import FORMAT as JEPAFLOW_FORMAT
 from jepaflow.errors import CheckpointError, JepaflowError, clip
 from jepaflow.interfaces import Encoder
 

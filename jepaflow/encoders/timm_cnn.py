@@ -143,8 +143,8 @@ class TimmCNNEncoder(Encoder):
             self.patch_size = max(1, config.img_size // max(h, w))
 
     def _load_checkpoint(self, path: Path) -> None:
-        from jepaflow.encoders.timm_vit import read_timm_state_dict
         from jepaflow.checkpoints import load_state_dict_checked
+        from jepaflow.encoders.timm_vit import read_timm_state_dict
 
         state = read_timm_state_dict(path)
         # The classifier (timm's pretrained_cfg names it: "fc" for ResNets) is not part of this encoder.

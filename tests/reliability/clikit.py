@@ -54,3 +54,4 @@ def assert_process_message(done: subprocess.CompletedProcess, *fragments: str, c
     assert "error:" in done.stderr, done.stderr[-3000:]
     for fragment in fragments:
         assert fragment in done.stderr, f"{fragment!r} not in:\n{done.stderr[-3000:]}"
+

@@ -3,7 +3,7 @@ checkpoint is ever written from, or loaded with, non-finite weights; a file desc
 its tensors is refused before anything is allocated.
 
 Every entry point that reads a file is tried with crafted files: ``jepaflow.load_encoder`` (file and run
-folder), ``jepaflow run --resume``, and the timm encoders' ``checkpoint`` field. Each crafted file is first shown
+folder), ``jepaflow run --resume``, ``jepaflow export``, and the timm encoders' ``checkpoint`` field. Each crafted file is first shown
 to be live (a plain ``torch.load(weights_only=False)`` does run its payload), so that these tests can fail.
 """
 
@@ -91,6 +91,13 @@ def test_resume_never_unpickles_code(tmp_path, recipe_file):
     file.replace(last)
     err = assert_one_message(invoke("run", path, "--resume"), "never unpickles")
     assert not marker.exists() and str(last) in err
+
+
+@pytest.mark.parametrize("layout", ["declares-jepaflow-format", "official-layout"])
+def test_export_never_unpickles_code(tmp_path, layout):
+    file, marker = crafted_files(tmp_path)[layout]
+    assert_one_message(invoke("export", file, "--output", tmp_path / "out"), "never unpickles")
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("plugin", ["timm_vit", "timm_cnn"])

@@ -42,6 +42,16 @@ PLUGINS = {
                           "class RunFails(RandomMasker):\n"
                           "    def __call__(self, batch_size, grid_size, generator):\n"
                           "        raise IndexError('list index out of range')\n"),
+    # passes the start-up check (its first call), then fails inside the run (in the loader workers, if any)
+    "relfault-latefails": ("latefails = relfault_latefails:LateFails",
+                           "from jepaflow.maskers.random import RandomMasker\n"
+                           "class LateFails(RandomMasker):\n"
+                           "    calls = 0\n"
+                           "    def __call__(self, batch_size, grid_size, generator):\n"
+                           "        LateFails.calls += 1\n"
+                           "        if LateFails.calls > 1:\n"
+                           "            raise IndexError('list index out of range')\n"
+                           "        return super().__call__(batch_size, grid_size, generator)\n"),
     "relfault-good": ("goodmask = relfault_good:GoodMasker", MASKER_OK),
 }
 
@@ -115,13 +125,20 @@ def test_a_constructor_raising_names_the_plugin(installed, recipe_file):
                            "RuntimeError: cannot open /dev/nvidia0")
 
 
+def test_a_masker_raising_at_once_is_caught_before_training(installed, recipe_file):
+    path = with_masker(recipe_file, "runfails")
+    for command in ("run", "validate"):
+        assert_one_message(invoke(command, path), "masker 'runfails'", "relfault-runfails",
+                           "IndexError: list index out of range")
+    assert not (path.parent / "run" / "checkpoints").exists()
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_a_masker_raising_inside_run(installed, recipe_file, workers):
-    path = with_masker(recipe_file, "runfails", workers)
-    err = assert_one_message(invoke("run", path), "RunFails", "relfault_runfails", "raised IndexError",
-                             "list index out of range")
+    path = with_masker(recipe_file, "latefails", workers)
+    err = assert_one_message(invoke("run", path), "LateFails", "relfault_latefails", "raised IndexError",
+                             "list index out of range", "step 0")
     assert "DataLoader worker" not in err
-    assert_one_message(invoke("validate", path), "runfails")  # validate's dry run catches it too
 
 
 def test_autoload_can_be_disabled(installed, recipe_file):
