@@ -41,6 +41,7 @@ from jepaflow.engine.build import (  # noqa: E402
 from jepaflow.engine.optim import build_optimizer  # noqa: E402
 from jepaflow.errors import JepaflowError, RecipeError  # noqa: E402
 from jepaflow.schedules import lr_at, weight_decay_at  # noqa: E402
+from jepaflow.testing import check_masker  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SCALE = int(os.environ.get("JEPAFLOW_FUZZ_SCALE", "1"))
@@ -214,8 +215,7 @@ def validate_builds(recipe):
     grid = tuple(objective.representation_encoder().grid_size)
     masker = build_masker(recipe)
     if masker is not None:
-        masker.check(grid)
-        masker(2, grid, torch.Generator().manual_seed(0))
+        check_masker(masker, grid, 2, name=recipe.components["masker"].name)  # what validate and run call
     return objective
 
 
