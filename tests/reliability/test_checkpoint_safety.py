@@ -263,6 +263,7 @@ def test_a_recipe_larger_than_its_tensors_is_refused_before_allocating(tmp_path,
     assert "REFUSED" in done.stdout, done.stdout
     assert ("does not match" in done.stdout) or ("cannot be rebuilt" in done.stdout), done.stdout
     maxrss_gb = int(done.stdout.split("MAXRSS_KB")[1]) / 2**20
+    print(f"\n{width} x {depth}: refused, peak resident memory {maxrss_gb:.2f} GiB")
     assert maxrss_gb < 2, f"{maxrss_gb:.1f} GB resident"
 
 
