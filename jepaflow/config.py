@@ -98,22 +98,90 @@ class TrainConfig(_Strict):
                                      "of the kNN monitor")
 
 
-class ProbeConfig(_Strict):
-    """Frozen-feature probes (kNN, linear) run at the end of training on the recipe's data set."""
+#: probe fields of earlier versions, accepted and ignored (with a warning) so that stored recipes and checkpoints
+#: still load: the linear probe now solves its problem to convergence instead of running a fixed AdamW budget.
+LEGACY_PROBE_FIELDS = ("linear_epochs", "linear_lr", "linear_weight_decay")
 
-    enabled: bool = Field(False, description="run the probe after training")
-    kinds: list[Literal["knn", "linear"]] = Field(["knn", "linear"], description="which probes")
+
+class ProbeConfig(_Strict):
+    """Frozen-feature probes: run at the end of training (``enabled``) and by ``jepaflow probe``, with the same
+    code and the same numbers. Every protocol is stated in docs/probes.md."""
+
+    enabled: bool = Field(False, description="run the probes after training")
+    kinds: list[Literal["knn", "linear", "attentive", "lowshot"]] = Field(
+        ["knn", "linear"], min_length=1, description="which probes to run"
+    )
+    encoder: str | None = Field(
+        None, description="encoder role to probe (a key of the objective's encoders(), e.g. target or context); "
+        "None: the objective's representation encoder"
+    )
+    layers: Literal["last", "last4"] = Field(
+        "last", description="last: pooled last-layer tokens after the final norm; last4: the pooled outputs of "
+        "the last 4 blocks, concatenated (linear, kNN and low-shot; attentive always reads the last layer)"
+    )
     train_samples: int | None = Field(None, ge=1, description="cap on labelled train images (None: all)")
     test_samples: int | None = Field(None, ge=1, description="cap on test images (None: all)")
+    val_fraction: float = Field(
+        0.1, gt=0, lt=1, description="fraction of the train split held out (stratified) to choose hyper-parameters"
+    )
+    seed: int = Field(0, ge=0, description="seed of the validation split, the low-shot draws and the attentive heads")
+    batch_size: int = Field(256, ge=1, description="feature extraction batch size")
     knn_k: int = Field(20, ge=1, description="neighbours for the kNN probe (cosine similarity, vote weighted)")
     knn_temperature: float = Field(0.07, gt=0, description="kNN vote temperature (Wu et al. 2018)")
-    linear_epochs: int = Field(100, ge=1, description="full-batch AdamW steps of the linear probe (standardized features, zero init)")
-    linear_lr: float = Field(1e-2, gt=0, description="linear probe learning rate")
-    linear_weight_decay: float = Field(1e-4, ge=0, description="linear probe weight decay")
-    batch_size: int = Field(256, ge=1, description="feature extraction batch size")
+    linear_C: list[float] = Field(
+        [0.001, 0.01, 0.1, 1.0, 10.0], min_length=1,
+        description="grid of inverse L2 strengths C (scikit-learn's meaning) for the logistic regression",
+    )
+    linear_max_iter: int = Field(1000, ge=1, description="L-BFGS iterations at most per fit")
+    linear_tol: float = Field(1e-4, gt=0, description="L-BFGS stops when max |gradient| of the mean loss is below this")
+    attentive_lr: list[float] = Field([1e-3, 3e-4], min_length=1, description="grid of AdamW peak learning rates")
+    attentive_weight_decay: list[float] = Field([1e-3], min_length=1, description="grid of AdamW weight decays")
+    attentive_epochs: int = Field(20, ge=1, description="epochs of each attentive head's training")
+    attentive_batch_size: int = Field(256, ge=1, description="attentive head training batch size")
+    attentive_heads: int | None = Field(
+        None, ge=1, description="attention heads of the attentive head (None: the encoder's num_heads)"
+    )
+    lowshot_per_class: list[int] = Field([1, 5, 10], description="low-shot settings: labelled images per class")
+    lowshot_fractions: list[float] = Field([0.01, 0.1], description="low-shot settings: fractions of the labels")
+    lowshot_draws: int = Field(3, ge=3, description="label draws per low-shot setting (mean and std reported)")
     random_init_baseline: bool = Field(
         False, description="also probe the same encoder at its random initialization (the floor SSL must beat)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_legacy_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(k in data for k in LEGACY_PROBE_FIELDS):
+            import warnings
+
+            found = [k for k in LEGACY_PROBE_FIELDS if k in data]
+            warnings.warn(
+                f"probe.{', probe.'.join(found)} no longer exist and are ignored: the linear probe is solved to "
+                "convergence (L-BFGS) with C chosen from probe.linear_C on a validation split (docs/probes.md)",
+                FutureWarning, stacklevel=2,
+            )
+            data = {k: v for k, v in data.items() if k not in LEGACY_PROBE_FIELDS}
+        return data
+
+    @model_validator(mode="after")
+    def _check_grids(self) -> ProbeConfig:
+        problems = []
+        for name in ("linear_C", "attentive_lr"):
+            if any(not v > 0 for v in getattr(self, name)):
+                problems.append(f"{name} values must be > 0")
+        if any(not v >= 0 for v in self.attentive_weight_decay):
+            problems.append("attentive_weight_decay values must be >= 0")
+        if any(k < 1 for k in self.lowshot_per_class):
+            problems.append("lowshot_per_class values must be >= 1")
+        if any(not 0 < f <= 1 for f in self.lowshot_fractions):
+            problems.append("lowshot_fractions values must be in (0, 1]")
+        if "lowshot" in self.kinds and not (self.lowshot_per_class or self.lowshot_fractions):
+            problems.append("lowshot needs at least one setting in lowshot_per_class or lowshot_fractions")
+        if len(set(self.kinds)) != len(self.kinds):
+            problems.append("kinds lists a probe twice")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class RecipeModel(_Strict):

@@ -349,38 +349,40 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
         plot = plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
         summary["plot"] = str(plot) if plot else None
         if recipe.probe.enabled:
-            summary["probe"] = run_probe(recipe, objective.representation_encoder(), info.device)
-            (run_dir / "probe.json").write_text(json.dumps(summary["probe"], indent=2))
-            pr = summary["probe"]
-            print("jepaflow: probe accuracy " + ", ".join(
-                f"{k} {pr[k] * 100:.2f}%" + (f" (random init: {pr[k + '_random_init'] * 100:.2f}%)"
-                                              if k + "_random_init" in pr else "")
-                for k in recipe.probe.kinds if k in pr), flush=True)
+            summary["probe"] = run_probe(recipe, objective, info.device, run_dir, step)
     if info.is_main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 
-def run_probe(recipe: Recipe, encoder: torch.nn.Module, device: torch.device) -> dict[str, Any]:
-    """Frozen-feature probes of ``encoder`` on the recipe's data set (train split fits, test split scores)."""
-    from jepaflow.probes.features import run_probes
+def run_probe(recipe: Recipe, objective: torch.nn.Module, device: torch.device, run_dir: str | Path | None = None,
+              step: int | None = None) -> dict[str, Any]:
+    """The end-of-run probe (``recipe.probe``): :func:`jepaflow.probes.evaluate.probe_encoder`, the code that
+    ``jepaflow probe RUN_DIR`` runs, so both give the same numbers. Writes ``probe.json`` into ``run_dir``;
+    returns the headline accuracies (for summary.json), or why the probe was skipped."""
+    from jepaflow.probes.cache import FeatureCache, cache_root
+    from jepaflow.probes.data import build_probe_data, resolve_data_section
+    from jepaflow.probes.evaluate import accuracies, probe_encoder, summary_line, write_probe_json
+    from jepaflow.probes.sources import build_run_objective, pick_encoder
 
-    train_ds = build_dataset(recipe, "train", augment=False)
-    test_ds = build_dataset(recipe, "test", augment=False)
-    if getattr(train_ds, "num_classes", None) is None:
+    cfg = recipe.probe
+    data = build_probe_data(resolve_data_section(recipe.to_dict()["data"]), require_labels=False)
+    if data.num_classes is None:
         return {"skipped": "the data set has no labels"}
-    t0 = time.perf_counter()
-    result = run_probes(encoder, train_ds, test_ds, recipe.probe, device)
-    out = {k: float(v) for k, v in result.items()}
-    if recipe.probe.random_init_baseline:
-        # The same architecture at the run's initialization (same seed): what the probe gets for free.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(recipe.seed)
-            fresh = build_objective(recipe).representation_encoder().to(device)
-        base = run_probes(fresh, train_ds, test_ds, recipe.probe, device)
-        out.update({f"{k}_random_init": float(v) for k, v in base.items()})
-    out["seconds"] = round(time.perf_counter() - t0, 1)
-    return out
+    encoder, role = pick_encoder(objective, cfg.encoder, "the run")
+    baseline = None
+    if cfg.random_init_baseline:  # the same architecture at the run's initialization: what the probe gets for free
+        baseline = pick_encoder(build_run_objective(recipe.to_dict(), None, "the run"), cfg.encoder, "the run")[0]
+        baseline = baseline.to(device).eval().requires_grad_(False)
+    source = {"kind": "run", "spec": None if run_dir is None else str(run_dir), "role": role, "step": step,
+              "path": None if run_dir is None else str(Path(run_dir) / "checkpoints" / "last.pt"),
+              "objective": recipe.components["objective"].name, "run_dir": None if run_dir is None else str(run_dir)}
+    doc = probe_encoder(encoder, data, cfg, source=source, device=device, cache=FeatureCache(cache_root()),
+                        baseline=baseline, log=lambda msg: print(f"jepaflow: probe {msg}", flush=True))
+    if run_dir is not None:
+        write_probe_json(doc, Path(run_dir) / "probe.json")
+    print(f"jepaflow: probe accuracy {summary_line(doc)}", flush=True)
+    return {**accuracies(doc), "seconds": doc["seconds"]["total"]}
 
 
 def load_run_recipe(run_dir: str | Path) -> dict[str, Any]:
