@@ -108,8 +108,8 @@ class ProbeConfig(_Strict):
     code and the same numbers. Every protocol is stated in docs/probes.md."""
 
     enabled: bool = Field(False, description="run the probes after training")
-    kinds: list[Literal["knn", "linear", "attentive", "lowshot"]] = Field(
-        ["knn", "linear"], min_length=1, description="which probes to run"
+    kinds: tuple[Literal["knn", "linear", "attentive", "lowshot"], ...] = Field(
+        ("knn", "linear"), min_length=1, description="which probes to run, in this order"
     )
     encoder: str | None = Field(
         None, description="encoder role to probe (a key of the objective's encoders(), e.g. target or context); "
@@ -128,21 +128,21 @@ class ProbeConfig(_Strict):
     batch_size: int = Field(256, ge=1, description="feature extraction batch size")
     knn_k: int = Field(20, ge=1, description="neighbours for the kNN probe (cosine similarity, vote weighted)")
     knn_temperature: float = Field(0.07, gt=0, description="kNN vote temperature (Wu et al. 2018)")
-    linear_C: list[float] = Field(
-        [0.001, 0.01, 0.1, 1.0, 10.0], min_length=1,
+    linear_C: tuple[float, ...] = Field(
+        (0.001, 0.01, 0.1, 1.0, 10.0), min_length=1,
         description="grid of inverse L2 strengths C (scikit-learn's meaning) for the logistic regression",
     )
     linear_max_iter: int = Field(1000, ge=1, description="L-BFGS iterations at most per fit")
     linear_tol: float = Field(1e-4, gt=0, description="L-BFGS stops when max |gradient| of the mean loss is below this")
-    attentive_lr: list[float] = Field([1e-3, 3e-4], min_length=1, description="grid of AdamW peak learning rates")
-    attentive_weight_decay: list[float] = Field([1e-3], min_length=1, description="grid of AdamW weight decays")
+    attentive_lr: tuple[float, ...] = Field((1e-3, 3e-4), min_length=1, description="grid of AdamW peak learning rates")
+    attentive_weight_decay: tuple[float, ...] = Field((1e-3,), min_length=1, description="grid of AdamW weight decays")
     attentive_epochs: int = Field(20, ge=1, description="epochs of each attentive head's training")
     attentive_batch_size: int = Field(256, ge=1, description="attentive head training batch size")
     attentive_heads: int | None = Field(
         None, ge=1, description="attention heads of the attentive head (None: the encoder's num_heads)"
     )
-    lowshot_per_class: list[int] = Field([1, 5, 10], description="low-shot settings: labelled images per class")
-    lowshot_fractions: list[float] = Field([0.01, 0.1], description="low-shot settings: fractions of the labels")
+    lowshot_per_class: tuple[int, ...] = Field((1, 5, 10), description="low-shot settings: labelled images per class")
+    lowshot_fractions: tuple[float, ...] = Field((0.01, 0.1), description="low-shot settings: fractions of the labels")
     lowshot_draws: int = Field(3, ge=3, description="label draws per low-shot setting (mean and std reported)")
     random_init_baseline: bool = Field(
         False, description="also probe the same encoder at its random initialization (the floor SSL must beat)"

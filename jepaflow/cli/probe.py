@@ -53,9 +53,8 @@ def probe(
         doc, path = run_probe_command(source, data, probes, layers, encoder, overrides or [], output, cache,
                                       no_cache, device, log=lambda m: _console(stderr=True).print(f"jepaflow: {m}"))
     _console().print(probe_table(doc))
-    skipped = doc.get("skipped", {})
-    for kind, why in skipped.items():
-        _console().print(f"note: {kind} skipped: {why}")
+    for note in probe_notes(doc):
+        _console().print(f"note: {note}")
     _console().print(f"wrote {path}")
 
 
@@ -160,6 +159,19 @@ def _device(name: str) -> Any:
     return torch.device(name)
 
 
+def probe_notes(doc: dict[str, Any]) -> list[str]:
+    """What a reader of the table must know: skipped probes, and linear fits that stopped at
+    ``probe.linear_max_iter`` before reaching ``probe.linear_tol``."""
+    notes = [f"{kind} skipped: {why}" for kind, why in doc.get("skipped", {}).items()]
+    solver = doc["probes"].get("linear", {}).get("solver", {})
+    unconverged = [c for c, rec in solver.items() if not rec["converged"]]
+    if unconverged:
+        notes.append(f"linear: the L-BFGS fit for {', '.join('C=' + c if c != 'refit' else 'the refit' for c in unconverged)} "
+                     f"stopped at probe.linear_max_iter ({doc['settings']['linear_max_iter']}) before reaching "
+                     "probe.linear_tol; raise probe.linear_max_iter (--set probe.linear_max_iter=N)")
+    return notes
+
+
 def probe_table(doc: dict[str, Any]) -> Any:
     """A rich table of a probe.json document: one row per probe (low-shot: one per setting)."""
     from rich.markup import escape
@@ -196,4 +208,4 @@ def probe_table(doc: dict[str, Any]) -> Any:
     return table
 
 
-__all__ = ["PROBE_HELP", "probe", "probe_table", "resolve_settings", "run_probe_command"]
+__all__ = ["PROBE_HELP", "probe", "probe_notes", "probe_table", "resolve_settings", "run_probe_command"]

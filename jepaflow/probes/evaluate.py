@@ -9,6 +9,7 @@ field by field in docs/probes.md.
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -22,15 +23,17 @@ from torch import Tensor, nn
 from jepaflow.config import ProbeConfig
 from jepaflow.probes.cache import FeatureCache, encoder_hash
 from jepaflow.probes.data import ProbeData
-from jepaflow.probes.features import SplitFeatures, extract_features
+from jepaflow.probes.features import SplitFeatures, check_layers, extract_features
 from jepaflow.probes.knn import knn_accuracy
 from jepaflow.probes.linear import accuracy, feature_statistics, select_and_fit
 from jepaflow.probes.splits import validation_split
 
 SCHEMA = "jepaflow-probe"
 SCHEMA_VERSION = 1
-#: ProbeConfig fields that do not change any number (excluded from ``settings`` in probe.json)
-NOT_SETTINGS = ("enabled", "random_init_baseline")
+#: ProbeConfig fields that do not change any number (excluded from ``settings`` in probe.json): whether the
+#: end-of-run probe runs, whether a baseline is added beside it, and the extraction batch size (recorded under
+#: ``environment``; the feature cache does not key on it either)
+NOT_SETTINGS = ("enabled", "random_init_baseline", "batch_size")
 
 
 def probe_settings(cfg: ProbeConfig) -> dict[str, Any]:
@@ -69,6 +72,8 @@ def load_or_extract(
             if entry is not None:
                 found[what], labels = entry[what], entry["labels"]
         missing = [w for w in wanted if w not in found]
+        if "tokens" in missing:
+            check_token_memory(encoder, min(len(dataset), cap or len(dataset)), split)
         if missing:
             t0 = time.perf_counter()
             log(f"features: {split} split, {', '.join(missing)} ({len(dataset)} images"
@@ -84,6 +89,28 @@ def load_or_extract(
         status[split] = "miss" if missing else "hit"
         out.append(SplitFeatures(labels, found.get("pooled"), found.get("tokens")))
     return out[0], out[1], status, seconds
+
+
+def check_token_memory(encoder: nn.Module, num_items: int, split: str) -> None:
+    """Refuse, before extracting, token sets that cannot fit: the attentive probe holds a split's float16 tokens
+    ``(N, T, D)`` in host memory (and on the probe's device). More than half the machine's memory is refused
+    with the fix (a cap on the items); unknown sizes pass."""
+    tokens, dim = getattr(encoder, "num_patches", None), getattr(encoder, "embed_dim", None)
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return
+    if not isinstance(tokens, int) or not isinstance(dim, int):
+        return
+    need = num_items * tokens * dim * 2
+    if need > total // 2:
+        from jepaflow.errors import JepaflowError
+
+        raise JepaflowError(
+            f"the attentive probe needs the {split} split's tokens in memory: {num_items} x {tokens} x {dim} "
+            f"float16 = {need / 2**30:.1f} GiB, more than half of this machine's {total / 2**30:.0f} GiB",
+            "cap the images with probe.train_samples / probe.test_samples, or leave attentive out of probe.kinds",
+        )
 
 
 def evaluate_features(
@@ -120,7 +147,7 @@ def evaluate_features(
                             "val_accuracy": None}
         elif kind == "linear":
             sel = select_and_fit(train_x, train_y, fit_idx, val_idx, num_classes, cfg.linear_C,
-                                 cfg.linear_max_iter, cfg.linear_tol)
+                                 cfg.linear_max_iter, cfg.linear_tol, log=log)
             probes[kind] = {
                 "accuracy": accuracy(sel.fit.predict(test_x), test_y),
                 "hyperparameters": {"C": sel.C},
@@ -191,7 +218,7 @@ def probe_encoder(
         "source": result.pop("source"),
         "data": {"section": data.section, "num_classes": data.num_classes, "splits": result.pop("splits")},
         "settings": probe_settings(cfg),
-        "environment": _environment(device),
+        "environment": {**_environment(device), "batch_size": cfg.batch_size},
         **result,
     }
     if baseline is not None:
@@ -207,8 +234,10 @@ def probe_encoder(
 def _probe_one(encoder: nn.Module, data: ProbeData, cfg: ProbeConfig, source: dict[str, Any],
                device: torch.device, cache: FeatureCache | None, has_tokens: bool,
                log: Callable[[str], None]) -> dict[str, Any]:
-    content_hash = source.get("content_hash") or encoder_hash(encoder)
     pooled, tokens = _feature_kinds(cfg, has_tokens)
+    if pooled:
+        check_layers(encoder, cfg.layers)  # before any image is encoded (or any cached entry is read)
+    content_hash = source.get("content_hash") or encoder_hash(encoder)
     train, test, status, t_feat = load_or_extract(encoder, data, cfg, content_hash, device, cache, pooled,
                                                   tokens, log)
     evaluated = evaluate_features(train, test, cfg, data.num_classes, device, getattr(encoder, "num_heads", None),
@@ -289,5 +318,5 @@ def summary_line(doc: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "accuracies", "evaluate_features", "load_or_extract", "probe_encoder",
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "accuracies", "check_token_memory", "evaluate_features", "load_or_extract", "probe_encoder",
            "probe_settings", "summary_line", "write_probe_json"]

@@ -40,20 +40,37 @@ def subset_indices(num_items: int, max_items: int | None) -> list[int]:
     return [(i * num_items) // max_items for i in range(max_items)]
 
 
+def check_layers(encoder: nn.Module, layers: str) -> None:
+    """Refuse, before any image is encoded, ``layers="last4"`` on an encoder that does not declare the
+    ``intermediate_layers`` capability (:data:`jepaflow.interfaces.ENCODER_CAPABILITIES`) or has fewer than 4
+    blocks (``depth``, when it declares ``transformer_dims``)."""
+    if layers == "last":
+        return
+    if layers != "last4":
+        raise ValueError(f"unknown layers {layers!r}")
+    name = type(encoder).__name__
+    fix = "probe with layers: last (--layers last)"
+    if "intermediate_layers" not in getattr(encoder, "capabilities", ()):
+        raise JepaflowError(f"layers=last4 needs the outputs of the last {LAST_BLOCKS} blocks, but {name} does not "
+                            "declare the 'intermediate_layers' capability", fix)
+    depth = getattr(encoder, "depth", None)
+    if isinstance(depth, int) and depth < LAST_BLOCKS:
+        raise JepaflowError(f"layers=last4 needs {LAST_BLOCKS} blocks, but this {name} has {depth}", fix)
+
+
 def pooled_features(encoder: nn.Module, images: Tensor, layers: str = "last") -> Tensor:
     """``(B, C, H, W)`` images -> ``(B, F)`` features (module docstring): ``F = D`` for ``"last"``, ``4 D`` for
     ``"last4"``."""
     if layers == "last":
         return encoder.pool(encoder(images))
-    if layers == "last4":
-        try:
-            outputs = encoder.forward_layers(images, LAST_BLOCKS)  # oldest first, each (B, N, D)
-        except (TypeError, ValueError) as exc:  # no intermediate layers, or fewer than 4 blocks
-            raise JepaflowError(f"layers=last4 needs the outputs of the last {LAST_BLOCKS} blocks, but "
-                                f"{type(encoder).__name__} cannot give them: {exc}",
-                                "probe with layers: last (--layers last)") from None
-        return torch.cat([encoder.pool(x) for x in outputs], dim=1)
-    raise ValueError(f"unknown layers {layers!r}")
+    check_layers(encoder, layers)
+    try:
+        outputs = encoder.forward_layers(images, LAST_BLOCKS)  # oldest first, each (B, N, D)
+    except (TypeError, ValueError) as exc:  # declared but refused (e.g. fewer blocks than asked)
+        raise JepaflowError(f"layers=last4 needs the outputs of the last {LAST_BLOCKS} blocks, but "
+                            f"{type(encoder).__name__} cannot give them: {exc}",
+                            "probe with layers: last (--layers last)") from None
+    return torch.cat([encoder.pool(x) for x in outputs], dim=1)
 
 
 @dataclass
@@ -122,4 +139,4 @@ def extract_features(
     return SplitFeatures(labels, None if feats is None else feats.cpu(), toks)
 
 
-__all__ = ["LAST_BLOCKS", "SplitFeatures", "extract_features", "pooled_features", "subset_indices"]
+__all__ = ["LAST_BLOCKS", "SplitFeatures", "check_layers", "extract_features", "pooled_features", "subset_indices"]

@@ -20,7 +20,7 @@ and under-reports the features (measured on a Fashion-MNIST I-JEPA checkpoint: 7
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -192,6 +192,7 @@ def select_and_fit(
     max_iter: int = 1000,
     tol: float = 1e-4,
     refit_idx: Tensor | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> LinearSelection:
     """Choose ``C`` on a validation split, then refit with it.
 
@@ -219,6 +220,9 @@ def select_and_fit(
         fits[C] = previous
         val_accuracies[C] = accuracy(previous.predict(x_val), y_val)
         solver[_fmt_c(C)] = _solver_record(previous)
+        if log is not None:
+            log(f"linear: C={C:g} validation accuracy {100 * val_accuracies[C]:.2f}% "
+                f"({previous.iterations} L-BFGS iterations{'' if previous.converged else ', not converged'})")
     best_C = max(val_accuracies, key=lambda c: (val_accuracies[c], -c))
     final = fit_logistic_regression(
         feats[refit_idx], labels[refit_idx], num_classes, best_C, max_iter, tol, init=fits[best_C]

@@ -14,6 +14,7 @@ features (no labels are involved in that).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from jepaflow.probes.linear import accuracy, fit_logistic_regression
 from jepaflow.probes.splits import lowshot_counts, lowshot_draws
 
 
-def lowshot_settings(per_class: list[int], fractions: list[float]) -> list[tuple[str, dict[str, Any]]]:
+def lowshot_settings(per_class: Sequence[int], fractions: Sequence[float]) -> list[tuple[str, dict[str, Any]]]:
     """``[(name, {"per_class": k} | {"fraction": f}), ...]``; names ``"1_per_class"``, ``"1%"``, ``"12.5%"``."""
     out: list[tuple[str, dict[str, Any]]] = [(f"{k}_per_class", {"per_class": int(k)}) for k in per_class]
     out += [(f"{100 * f:g}%", {"fraction": float(f)}) for f in fractions]
@@ -39,11 +40,11 @@ def run_lowshot(
     test_x: Tensor,
     test_y: Tensor,
     num_classes: int,
-    per_class: list[int],
-    fractions: list[float],
+    per_class: Sequence[int],
+    fractions: Sequence[float],
     draws: int,
     seed: int,
-    C_grid: list[float],
+    C_grid: Sequence[float],
     max_iter: int,
     tol: float,
 ) -> dict[str, dict[str, Any]]:

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import TINY_RECIPE, merge
 from typer.testing import CliRunner
 
 from jepaflow.cli.main import app
@@ -24,25 +25,32 @@ def invoke(*args: str):
     return runner.invoke(app, list(args), env={"COLUMNS": "250"})
 
 
-@pytest.fixture
-def trained_run(tiny_recipe):
-    """An 8-step tiny I-JEPA run (4 blocks) that ended with its own kNN and linear probes."""
-    r = tiny_recipe({"encoder": {"depth": 4}, "optim": {"epochs": 1, "warmup_epochs": 0},
-                     "probe": {"enabled": True, "kinds": ["knn", "linear"], "linear_C": [0.1, 1.0]}})
-    summary = train(load_recipe(r))
-    return Path(r["output_dir"]), summary
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """An 8-step tiny I-JEPA run (4 blocks) that ended with its own kNN and linear probes, shared by this module's
+    tests (none of them changes the run; each writes its own probe.json): ``(run folder, summary, the end-of-run
+    probe.json, the feature cache folder the end-of-run probe filled)``."""
+    root = tmp_path_factory.mktemp("probe-run")
+    r = merge(TINY_RECIPE, {"output_dir": str(root / "run"), "encoder": {"depth": 4},
+                            "optim": {"epochs": 1, "warmup_epochs": 0},
+                            "probe": {"enabled": True, "kinds": ["knn", "linear"], "linear_C": [0.1, 1.0]}})
+    with pytest.MonkeyPatch.context() as mp:  # module scope: the per-test cache fixture does not apply yet
+        mp.setenv("JEPAFLOW_CACHE", str(root / "cache"))
+        summary = train(load_recipe(r))
+    run_dir = Path(r["output_dir"])
+    return run_dir, summary, json.loads((run_dir / "probe.json").read_text()), root / "cache"
 
 
 def test_probe_of_a_run_equals_its_end_of_run_probe_and_reads_the_cache(trained_run, monkeypatch):
-    run_dir, summary = trained_run
-    end_of_run = json.loads((run_dir / "probe.json").read_text())
+    run_dir, summary, end_of_run, cache = trained_run
+    monkeypatch.setenv("JEPAFLOW_CACHE", str(cache))
 
     def no_encoder(*args, **kwargs):
         raise AssertionError("the encoder ran although its features are cached")
 
     monkeypatch.setattr("jepaflow.probes.evaluate.extract_features", no_encoder)
-    out = run_dir / "again.json"
-    res = invoke("probe", str(run_dir), "--output", str(out))
+    res = invoke("probe", str(run_dir))  # default output: the run folder's probe.json, rewritten
+    out = run_dir / "probe.json"
     assert res.exit_code == 0, res.output
     doc = json.loads(out.read_text())
     assert doc["cache"] == {"train": "hit", "test": "hit"}
@@ -54,12 +62,13 @@ def test_probe_of_a_run_equals_its_end_of_run_probe_and_reads_the_cache(trained_
     assert "linear" in res.output and "wrote" in res.output
 
 
-def test_probe_roles_layers_and_kinds(trained_run):
-    run_dir, _ = trained_run
+def test_probe_roles_layers_and_kinds(trained_run, tmp_path):
+    run_dir, *_ = trained_run
     res = invoke("probe", str(run_dir), "--encoder", "context", "--layers", "last4", "--probe", "knn,lowshot",
-                 *FAST, "--set", "probe.lowshot_per_class=[1]", "--set", "probe.lowshot_fractions=[]")
+                 *FAST, "--set", "probe.lowshot_per_class=[1]", "--set", "probe.lowshot_fractions=[]",
+                 "--output", str(tmp_path))
     assert res.exit_code == 0, res.output
-    doc = json.loads((run_dir / "probe.json").read_text())  # default output: the run folder
+    doc = json.loads((tmp_path / "probe.json").read_text())  # a folder: probe.json in it
     assert doc["source"]["role"] == "context" and doc["source"]["layers"] == "last4"
     assert doc["source"]["feature_dim"] == 4 * 48  # the tiny recipe's width
     assert doc["cache"] == {"train": "miss", "test": "miss"}  # another encoder, other features
@@ -67,12 +76,12 @@ def test_probe_roles_layers_and_kinds(trained_run):
     assert "lowshot 1_per_class" in res.output
 
 
-def test_probe_random_init_baseline_of_a_run(trained_run):
-    run_dir, summary = trained_run
+def test_probe_random_init_baseline_of_a_run(trained_run, tmp_path):
+    run_dir, summary, *_ = trained_run
     res = invoke("probe", str(run_dir), "--probe", "knn", "--set", "probe.random_init_baseline=true",
-                 "--output", str(run_dir / "b.json"))
+                 "--output", str(tmp_path / "b.json"))
     assert res.exit_code == 0, res.output
-    doc = json.loads((run_dir / "b.json").read_text())
+    doc = json.loads((tmp_path / "b.json").read_text())
     assert doc["probes"]["knn"]["accuracy"] == summary["probe"]["knn"]
     assert "random_init" in doc["baselines"] and "random init" in res.output
 
@@ -114,7 +123,7 @@ def test_probe_user_errors_exit_2_with_one_message(args, message):
 
 
 def test_probe_unknown_role_of_a_run(trained_run):
-    run_dir, _ = trained_run
+    run_dir, *_ = trained_run
     res = invoke("probe", str(run_dir), "--encoder", "student")
     assert res.exit_code == 2 and "no encoder 'student'" in res.output and "context, target" in res.output
 

@@ -23,6 +23,7 @@ class CountingEncoder(Encoder):
     records the train/eval mode of each; ``forward_layers`` returns ``layers`` scaled copies of the tokens."""
 
     Config = PluginConfig
+    capabilities = frozenset({"intermediate_layers"})
 
     def __init__(self, channels: int = 3, dim: int = 16, seed: int = 0, num_heads: int = 2):
         super().__init__()

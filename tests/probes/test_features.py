@@ -8,7 +8,7 @@ from probe_helpers import CountingEncoder, TensorDataset
 
 from jepaflow.encoders.vit import VisionTransformerEncoder
 from jepaflow.errors import DataError, JepaflowError
-from jepaflow.probes.features import extract_features, pooled_features, subset_indices
+from jepaflow.probes.features import check_layers, extract_features, pooled_features, subset_indices
 
 
 def tiny_vit(depth=5) -> VisionTransformerEncoder:
@@ -44,9 +44,18 @@ def test_last4_concatenates_the_last_four_blocks_before_the_final_norm():
     assert feats.shape == (6, 64)
 
 
-def test_last4_needs_four_blocks():
-    with pytest.raises(JepaflowError, match="last 4 blocks"):
+def test_last4_needs_four_blocks_and_the_capability():
+    with pytest.raises(JepaflowError, match="needs 4 blocks, but this VisionTransformerEncoder has 2"):
         pooled_features(tiny_vit(depth=2), torch.randn(2, 3, 8, 8), "last4")
+
+    class NoLayers(CountingEncoder):
+        capabilities = frozenset()
+
+    enc = NoLayers()
+    with pytest.raises(JepaflowError, match="'intermediate_layers' capability"):
+        pooled_features(enc, torch.randn(2, 3, 8, 8), "last4")
+    assert enc.calls == 0  # refused before any image is encoded
+    check_layers(tiny_vit(depth=4), "last4")  # no error
 
 
 def test_extract_features_pooled_tokens_and_modes():
