@@ -60,19 +60,18 @@ def logistic_loss_and_grad(
     n, num_classes = feats.shape[0], weight.shape[1]
     chunk = chunk_rows or max(1, _CHUNK_ELEMENTS // max(num_classes, 1))
     loss = weight.new_zeros(())
-    grad_w = torch.zeros_like(weight)
+    grad_wt = weight.new_zeros(num_classes, weight.shape[0])  # (C, D): resid^T x is a better-shaped GEMM
     grad_b = torch.zeros_like(bias)
     for start in range(0, n, chunk):  # chunks of rows, not items: one or a few iterations
         x, y = feats[start : start + chunk].to(weight.dtype), labels[start : start + chunk]
-        logits = torch.addmm(bias, x, weight)  # (m, C)
-        log_z = torch.logsumexp(logits, dim=1)  # (m,)
-        loss += (log_z - logits.gather(1, y[:, None]).squeeze(1)).sum()
-        resid = torch.exp(logits - log_z[:, None])  # softmax (m, C)
+        log_p = torch.log_softmax(torch.addmm(bias, x, weight), dim=1)  # (m, C)
+        loss -= log_p.gather(1, y[:, None]).sum()
+        resid = log_p.exp_()  # softmax (m, C)
         resid[torch.arange(len(y), device=y.device), y] -= 1.0  # softmax - onehot
-        grad_w.addmm_(x.T, resid)
+        grad_wt.addmm_(resid.T, x)
         grad_b += resid.sum(dim=0)
     loss = loss / n + 0.5 * l2 * (weight * weight).sum()
-    grad_w.div_(n).add_(weight, alpha=l2)
+    grad_w = grad_wt.T.contiguous().div_(n).add_(weight, alpha=l2)  # (D, C), contiguous for LBFGS
     grad_b.div_(n)
     return loss, grad_w, grad_b
 

@@ -162,11 +162,13 @@ def source_encoder(src: Source, role: str | None, data_section: dict[str, Any], 
     else:
         from jepaflow.hub import load_encoder
 
-        encoder = load_encoder(src.path, which=role)
+        # At the data's resolution: fixed sin-cos position tables are recomputed exactly for the new grid.
+        encoder = load_encoder(src.path, which=role, img_size=image_size)
         desc["role"] = role or "target"
     encoder.eval()
     encoder.requires_grad_(False)
     _check_channels(encoder, channels, src.spec)
+    _check_image_size(encoder, channels, image_size, src.spec)
     desc["encoder_class"] = type(encoder).__name__
     return encoder, desc
 
@@ -194,6 +196,20 @@ def _no_role(role: str | None, what: str) -> None:
     if role is not None:
         raise JepaflowError(f"{what} has a single encoder: there is no {role!r} role to choose",
                             "drop --encoder (probe.encoder)")
+
+
+def _check_image_size(encoder: Encoder, channels: int, image_size: int, spec: str) -> None:
+    """One blank image of the data's size through the encoder, so that a resolution it cannot take is one
+    message here rather than a shape error in the middle of the extraction."""
+    try:
+        with torch.no_grad():
+            encoder(torch.zeros(1, channels, image_size, image_size))
+    except (RuntimeError, ValueError, AssertionError) as exc:
+        grid, patch = getattr(encoder, "grid_size", None), getattr(encoder, "patch_size", None)
+        trained = f" (it was built for {grid[0] * patch} px)" if grid and isinstance(patch, int) else ""
+        raise JepaflowError(f"the encoder of {spec} cannot encode {image_size} px images{trained}: "
+                            f"{str(exc).splitlines()[0]}",
+                            "set the data's image_size to match, e.g. --set data.image_size=N") from None
 
 
 def _check_channels(encoder: Encoder, channels: int, spec: str) -> None:

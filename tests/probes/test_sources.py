@@ -56,6 +56,9 @@ def test_official_checkpoint_roles(tmp_path):
     assert desc["role"] == "target" and encoder_hash(enc) == encoder_hash(target)
     enc, desc = source_encoder(src, "context", SECTION, seed=0)
     assert desc["role"] == "context" and encoder_hash(enc) == encoder_hash(context)
+    # at another resolution (a multiple of the patch): the sin-cos positions are recomputed for the data's grid
+    enc, _ = source_encoder(src, None, {**SECTION, "image_size": 48}, seed=0)
+    assert enc.grid_size == (3, 3) and enc(torch.zeros(2, 3, 48, 48)).shape == (2, 9, 192)
 
 
 def test_timm_floors_are_seeded_and_fit_the_data():
@@ -79,3 +82,18 @@ def test_missing_sources_name_the_fix(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(JepaflowError, match="cannot read"):
         inspect_source(str(tmp_path / "junk.pt"))
+
+
+def test_an_encoder_that_cannot_take_the_datas_resolution_is_one_message():
+    from jepaflow.probes.sources import _check_image_size
+
+    class FixedSize(PixelFeatures):  # a stand-in for any encoder built for one resolution only
+        def forward(self, images, keep=None, keep_valid=None):
+            return images.reshape(images.shape[0], 1, 3 * 32 * 32)
+
+    enc = FixedSize(3, 32)
+    enc.patch_size, enc.grid_size = 8, (4, 4)
+    _check_image_size(enc, 3, 32, "x.pt")  # fits: no error
+    with pytest.raises(JepaflowError, match=r"x.pt cannot encode 40 px images \(it was built for 32 px\)") as err:
+        _check_image_size(enc, 3, 40, "x.pt")
+    assert "data.image_size" in err.value.fix
