@@ -50,16 +50,21 @@ def _feature_kinds(cfg: ProbeConfig, has_tokens: bool) -> tuple[bool, bool]:
 
 def load_or_extract(
     encoder: nn.Module, data: ProbeData, cfg: ProbeConfig, content_hash: str, device: torch.device,
-    cache: FeatureCache | None, pooled: bool, tokens: bool, log: Callable[[str], None],
+    cache: FeatureCache | None, pooled: bool, tokens: bool, log: Callable[[str], None], role: str | None = None,
 ) -> tuple[SplitFeatures, SplitFeatures, dict[str, str], float]:
-    """Both splits' features from the cache, or from the encoder (then stored). Returns ``(train, test,
+    """Both splits' features from the cache, or from the encoder (then stored). The cache key: the encoder's
+    content hash and ``role``, the resolved data section (which fixes the evaluation transform), the split, the
+    item cap, what is extracted and the jepaflow version (docs/probes.md). Returns ``(train, test,
     {"train": "hit"|"miss", "test": ...}, seconds spent extracting)``."""
+    from jepaflow import __version__
+
     cache = cache or FeatureCache(None)
     out: list[SplitFeatures] = []
     status: dict[str, str] = {}
     seconds = 0.0
     for split, dataset, cap in (("train", data.train, cfg.train_samples), ("test", data.test, cfg.test_samples)):
-        base = {"encoder": content_hash, "data": data.section, "split": split, "max_items": cap}
+        base = {"encoder": content_hash, "role": role, "data": data.section, "split": split, "max_items": cap,
+                "jepaflow": __version__}
         wanted = {}
         if pooled:
             wanted["pooled"] = cache.key({**base, "what": f"pooled:{cfg.layers}"})
@@ -239,7 +244,7 @@ def _probe_one(encoder: nn.Module, data: ProbeData, cfg: ProbeConfig, source: di
         check_layers(encoder, cfg.layers)  # before any image is encoded (or any cached entry is read)
     content_hash = source.get("content_hash") or encoder_hash(encoder)
     train, test, status, t_feat = load_or_extract(encoder, data, cfg, content_hash, device, cache, pooled,
-                                                  tokens, log)
+                                                  tokens, log, role=source.get("role"))
     evaluated = evaluate_features(train, test, cfg, data.num_classes, device, getattr(encoder, "num_heads", None),
                                   log)
     source.update({
@@ -318,5 +323,5 @@ def summary_line(doc: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "accuracies", "check_token_memory", "evaluate_features", "load_or_extract", "probe_encoder",
-           "probe_settings", "summary_line", "write_probe_json"]
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "accuracies", "check_token_memory", "evaluate_features", "load_or_extract",
+           "probe_encoder", "probe_settings", "summary_line", "write_probe_json"]

@@ -8,9 +8,16 @@ intercept), written as the mean over the ``n`` training items so that its scale 
 It is strictly convex, so every converging solver reaches the same minimum: that is what makes the probe's
 number a property of the features rather than of the optimizer. It is minimized by L-BFGS
 (``torch.optim.LBFGS`` with a strong-Wolfe line search; Liu & Nocedal 1989) on the features' device, full batch,
-from zero (or from a warm start), until the largest absolute entry of the gradient is at most ``tol`` or
-``max_iter`` iterations have run. The gradient is computed in closed form, ``X^T (softmax(XW + b) - Y) / n +
-W / (C n)``, over row chunks, so memory stays bounded for ImageNet-sized feature matrices.
+from zero (or from a warm start), until the largest absolute entry of the gradient with respect to ``(W, b)`` is at
+most ``tol`` (scikit-learn's criterion) or ``max_iter`` iterations have run. The gradient is computed in closed
+form, ``X^T (softmax(XW + b) - Y) / n + W / (C n)``, over row chunks, so memory stays bounded for ImageNet-sized
+feature matrices.
+
+L-BFGS moves ``V`` with ``W = P V``, ``P = (X^T X / n + eps I)^(-1/2)`` (:func:`whitening_preconditioner`): a change
+of variables, so the objective and its minimizer are the same, but the curvature L-BFGS sees is whitened. On
+learned features, where a few directions carry most of the variance even after each dimension is standardized,
+this cuts the iterations to convergence about 15-fold (measured on a Fashion-MNIST I-JEPA checkpoint, C = 1: 100
+iterations instead of 1625).
 
 Why not a fixed number of first-order steps (the previous probe: 100 full-batch AdamW steps): on learned features,
 which are badly conditioned (a few directions carry most of the variance), such a budget stops far from the optimum
@@ -30,6 +37,8 @@ from torch import Tensor
 _CHUNK_ELEMENTS = 1 << 24
 #: feature matrices up to this size (in the solver's dtype) are converted once instead of chunk by chunk
 _CONVERT_ONCE_BYTES = 1 << 31
+#: L-BFGS iterations between two tests of the stopping criterion (see fit_logistic_regression)
+_ROUND_ITERATIONS = 25
 
 
 def standardize(train_feats: Tensor, *others: Tensor, eps: float = 1e-6) -> tuple[Tensor, ...]:
@@ -101,6 +110,27 @@ class LogisticFit:
         return torch.addmm(self.bias, feats.to(self.weight.device, self.weight.dtype), self.weight).argmax(dim=1)
 
 
+def whitening_preconditioner(feats: Tensor, ridge: float = 1e-3, dtype: torch.dtype = torch.float64,
+                             chunk_rows: int = 1 << 16) -> Tensor:
+    """``P = (S + ridge * mean(eig(S)) I)^(-1/2)`` ``(D, D)``, symmetric positive definite, where
+    ``S = feats^T feats / n`` is the second moment of the (standardized) features ``(n, D)``.
+
+    Used by :func:`fit_logistic_regression` to solve for ``W = P V`` instead of ``W``: the minimizer is the same
+    (``P`` is invertible), but the Hessian seen by L-BFGS, ``P H P``, is far better conditioned than ``H`` when a
+    few directions of the features carry most of their variance, as on learned features. ``ridge`` (relative to
+    the mean eigenvalue) bounds ``P`` on directions of (near) zero variance.
+    """
+    n, dim = feats.shape
+    gram = torch.zeros(dim, dim, device=feats.device, dtype=dtype)
+    for start in range(0, n, chunk_rows):  # chunks of rows: bounded memory for large n
+        x = feats[start : start + chunk_rows].to(dtype)
+        gram.addmm_(x.T, x)
+    evals, evecs = torch.linalg.eigh(gram / max(n, 1))
+    evals = evals.clamp_min(0.0)
+    scale = (evals + ridge * max(float(evals.mean()), 1e-12)).rsqrt()
+    return (evecs * scale) @ evecs.T
+
+
 def fit_logistic_regression(
     feats: Tensor,
     labels: Tensor,
@@ -112,6 +142,7 @@ def fit_logistic_regression(
     history_size: int = 10,
     chunk_rows: int | None = None,
     dtype: torch.dtype = torch.float64,
+    precondition: Tensor | bool = True,
 ) -> LogisticFit:
     """Minimize the L2-regularized multinomial logistic loss (module docstring) with full-batch L-BFGS.
 
@@ -120,12 +151,16 @@ def fit_logistic_regression(
         labels: ``(n,)`` int64 in ``0..num_classes-1``.
         C: inverse regularization strength, as in scikit-learn (``l2 = 1 / (C n)``).
         max_iter: L-BFGS iterations at most (each costs one or a few passes over ``feats``).
-        tol: stop once ``max |grad| <= tol`` (scikit-learn's lbfgs uses the same criterion, ``tol=1e-4``).
+        tol: stop once the largest absolute entry of the gradient of the objective with respect to ``(W, b)`` is
+            at most ``tol`` (scikit-learn's lbfgs criterion, its ``tol=1e-4``).
         init: warm start (e.g. the solution for the neighbouring ``C`` of a grid); zero otherwise.
         history_size: L-BFGS memory (scipy's and so scikit-learn's default is 10).
         dtype: of the parameters and of the arithmetic (the features stay as they are and are converted chunk by
             chunk). float64 by default, as scipy's L-BFGS behind scikit-learn: in float32 the line search runs
             out of precision before the gradient reaches ``tol`` on some problems.
+        precondition: L-BFGS runs on ``V`` with ``W = P V``, ``P`` a :func:`whitening_preconditioner` (True:
+            computed from ``feats``; a tensor: that ``(D, D)`` SPD matrix, e.g. computed once for a grid of fits;
+            False: none). The objective and its minimizer are unchanged; only the number of iterations is.
     """
     n, dim = feats.shape
     # Callers may hold features made under inference_mode: work on normal tensors, outside it.
@@ -135,27 +170,54 @@ def fit_logistic_regression(
             feats = feats.to(dtype)  # small enough: convert once rather than chunk by chunk at every evaluation
         if feats.is_inference():
             feats = feats.clone()
+        if precondition is True:
+            precond = whitening_preconditioner(feats, dtype=dtype)
+        elif precondition is False:
+            precond = None
+        else:
+            precond = precondition.to(feats.device, dtype)
         l2 = 1.0 / (C * n)
         weight = torch.zeros(dim, num_classes, device=feats.device, dtype=dtype)
         bias = torch.zeros(num_classes, device=feats.device, dtype=dtype)
         if init is not None:
             weight.copy_(init.weight)
             bias.copy_(init.bias)
-        opt = torch.optim.LBFGS(
-            [weight, bias], lr=1.0, max_iter=max_iter, max_eval=int(max_iter * 1.25) + 1, tolerance_grad=tol,
-            tolerance_change=0.0, history_size=history_size, line_search_fn="strong_wolfe",
-        )
+        # The variable L-BFGS moves: V with W = P V (P = I without preconditioning).
+        v = weight if precond is None else torch.linalg.solve(precond, weight)
+
+        def objective() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            """``(loss, grad_W, grad_b, W)`` at the current ``(V, b)``."""
+            w = v if precond is None else precond @ v
+            return (*logistic_loss_and_grad(feats, labels, w, bias, l2, chunk_rows), w)
+
+        def grad_max(grad_w: Tensor, grad_b: Tensor) -> float:
+            return float(torch.maximum(grad_w.abs().max(), grad_b.abs().max()))
 
         def closure() -> Tensor:
-            loss, grad_w, grad_b = logistic_loss_and_grad(feats, labels, weight, bias, l2, chunk_rows)
-            weight.grad, bias.grad = grad_w, grad_b
+            loss, grad_w, grad_b, _ = objective()
+            v.grad = grad_w if precond is None else precond @ grad_w  # dL/dV = P^T dL/dW, P symmetric
+            bias.grad = grad_b
             return loss
 
-        opt.step(closure)
-        loss, grad_w, grad_b = logistic_loss_and_grad(feats, labels, weight, bias, l2, chunk_rows)
-    grad_max = float(torch.maximum(grad_w.abs().max(), grad_b.abs().max()))
-    iterations = int(opt.state[weight].get("n_iter", 0))
-    return LogisticFit(weight, bias, C, float(loss), grad_max, iterations, grad_max <= tol)
+        # L-BFGS's own stopping test would read the gradient in V; scikit-learn's reads it in W. So L-BFGS runs in
+        # rounds (its history carries over from one step() call to the next) and the test is made here between
+        # rounds, on the gradient in (W, b).
+        opt = torch.optim.LBFGS([v, bias], lr=1.0, max_iter=max_iter, tolerance_grad=0.0, tolerance_change=0.0,
+                                history_size=history_size, line_search_fn="strong_wolfe")
+        loss, grad_w, grad_b, weight = objective()
+        iterations = 0
+        while grad_max(grad_w, grad_b) > tol and iterations < max_iter:
+            budget = min(_ROUND_ITERATIONS, max_iter - iterations)
+            opt.param_groups[0].update(max_iter=budget, max_eval=int(budget * 1.25) + 1)
+            opt.step(closure)
+            iterations = int(opt.state[v].get("n_iter", 0))
+            previous = float(loss)
+            loss, grad_w, grad_b, weight = objective()
+            if float(loss) >= previous:  # no decrease in a whole round: at the limit of the arithmetic's precision
+                break
+    final = grad_max(grad_w, grad_b)
+    return LogisticFit(weight.detach().clone(), bias.detach().clone(), C, float(loss), final, iterations,
+                       final <= tol)
 
 
 def accuracy(preds: Tensor, labels: Tensor) -> float:
@@ -210,12 +272,14 @@ def select_and_fit(
     refit_idx = torch.cat([fit_idx, val_idx]) if refit_idx is None else refit_idx.to(device)
     x_fit, y_fit = feats[fit_idx], labels[fit_idx]
     x_val, y_val = feats[val_idx], labels[val_idx]
+    precond = whitening_preconditioner(feats[refit_idx])  # one for every fit: any SPD P leaves the minimizer as is
     val_accuracies: dict[float, float] = {}
     fits: dict[float, LogisticFit] = {}
     solver: dict[str, dict[str, float | int | bool]] = {}
     previous: LogisticFit | None = None
     for C in sorted(float(c) for c in C_grid):
-        previous = fit_logistic_regression(x_fit, y_fit, num_classes, C, max_iter, tol, init=previous)
+        previous = fit_logistic_regression(x_fit, y_fit, num_classes, C, max_iter, tol, init=previous,
+                                           precondition=precond)
         fits[C] = previous
         val_accuracies[C] = accuracy(previous.predict(x_val), y_val)
         solver[_fmt_c(C)] = _solver_record(previous)
@@ -224,7 +288,8 @@ def select_and_fit(
                 f"({previous.iterations} L-BFGS iterations{'' if previous.converged else ', not converged'})")
     best_C = max(val_accuracies, key=lambda c: (val_accuracies[c], -c))
     final = fit_logistic_regression(
-        feats[refit_idx], labels[refit_idx], num_classes, best_C, max_iter, tol, init=fits[best_C]
+        feats[refit_idx], labels[refit_idx], num_classes, best_C, max_iter, tol, init=fits[best_C],
+        precondition=precond,
     )
     solver["refit"] = _solver_record(final)
     return LinearSelection(final, best_C, val_accuracies[best_C], val_accuracies, solver)
@@ -271,4 +336,5 @@ __all__ = [
     "logistic_loss_and_grad",
     "select_and_fit",
     "standardize",
+    "whitening_preconditioner",
 ]

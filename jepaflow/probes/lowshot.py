@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from jepaflow.probes.linear import accuracy, fit_logistic_regression
+from jepaflow.probes.linear import accuracy, fit_logistic_regression, whitening_preconditioner
 from jepaflow.probes.splits import lowshot_counts, lowshot_draws
 
 
@@ -54,6 +54,7 @@ def run_lowshot(
     labels_np = train_y.cpu().numpy()
     val = torch.as_tensor(val_idx, device=train_x.device)
     x_val, y_val = train_x[val], train_y[val]
+    precond = whitening_preconditioner(train_x)  # of all train features (no labels): a preconditioner for every draw
     results: dict[str, dict[str, Any]] = {}
     for number, (name, setting) in enumerate(lowshot_settings(per_class, fractions)):
         t0 = time.perf_counter()
@@ -65,7 +66,8 @@ def run_lowshot(
             best: tuple[float, float, Any] | None = None  # (val accuracy, -C, fit)
             previous = None
             for C in sorted(float(c) for c in C_grid):  # regularization path, warm-started
-                previous = fit_logistic_regression(x, y, num_classes, C, max_iter, tol, init=previous)
+                previous = fit_logistic_regression(x, y, num_classes, C, max_iter, tol, init=previous,
+                                                   precondition=precond)
                 score = (accuracy(previous.predict(x_val), y_val), -C)
                 if best is None or score > best[:2]:
                     best = (*score, previous)

@@ -103,6 +103,15 @@ def test_second_probe_reads_the_cache_and_does_not_run_the_encoder(tmp_path):
     probe_encoder(enc, data, cfg.model_copy(update={"kinds": ("knn",), "layers": "last4"}), source={"kind": "test"},
                   cache=FeatureCache(tmp_path))
     assert enc.calls > calls
+    calls = enc.calls  # the role is part of the key too (a run's target and context encoders start equal)
+    probe_encoder(enc, data, cfg.model_copy(update={"kinds": ("knn",)}), source={"kind": "test", "role": "context"},
+                  cache=FeatureCache(tmp_path))
+    assert enc.calls > calls
+    calls = enc.calls
+    other_data = ProbeData({**data.section, "n": 1}, data.train, data.test, 3)  # another resolved data section
+    probe_encoder(enc, other_data, cfg.model_copy(update={"kinds": ("knn",)}), source={"kind": "test"},
+                  cache=FeatureCache(tmp_path))
+    assert enc.calls > calls
 
 
 def test_damaged_cache_entry_is_recomputed_not_fatal(tmp_path):

@@ -89,6 +89,17 @@ def test_converges_on_ill_conditioned_features_where_a_fixed_adamw_budget_falls_
     assert converged - budget > 0.2, (converged, budget)  # measured: 100 AdamW steps reach 0.669
 
 
+def test_preconditioning_changes_the_iterations_not_the_minimum():
+    x, y = ill_conditioned(2000, seed=0)
+    x = standardize(x)[0]
+    plain = fit_logistic_regression(x, y, 3, C=1.0, max_iter=5000, tol=1e-8, precondition=False)
+    whitened = fit_logistic_regression(x, y, 3, C=1.0, max_iter=5000, tol=1e-8)
+    assert plain.converged and whitened.converged
+    torch.testing.assert_close(whitened.weight, plain.weight, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(whitened.bias, plain.bias, rtol=1e-5, atol=1e-5)
+    assert whitened.iterations * 4 < plain.iterations, (whitened.iterations, plain.iterations)
+
+
 def test_agrees_with_scikit_learn_on_ill_conditioned_features():
     sklearn = pytest.importorskip("sklearn.linear_model")
     x_tr, y_tr = ill_conditioned(1000, seed=0)
