@@ -129,7 +129,7 @@ class ProbeConfig(_Strict):
     knn_k: int = Field(20, ge=1, description="neighbours for the kNN probe (cosine similarity, vote weighted)")
     knn_temperature: float = Field(0.07, gt=0, description="kNN vote temperature (Wu et al. 2018)")
     linear_C: tuple[float, ...] = Field(
-        (0.001, 0.01, 0.1, 1.0, 10.0), min_length=1,
+        (0.001, 0.01, 0.1, 1.0, 10.0, 100.0), min_length=1,
         description="grid of inverse L2 strengths C (scikit-learn's meaning) for the logistic regression",
     )
     linear_max_iter: int = Field(1000, ge=1, description="L-BFGS iterations at most per fit")

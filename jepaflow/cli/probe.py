@@ -163,6 +163,11 @@ def probe_notes(doc: dict[str, Any]) -> list[str]:
     """What a reader of the table must know: skipped probes, and linear fits that stopped at
     ``probe.linear_max_iter`` before reaching ``probe.linear_tol``."""
     notes = [f"{kind} skipped: {why}" for kind, why in doc.get("skipped", {}).items()]
+    linear = doc["probes"].get("linear")
+    grid = doc["settings"].get("linear_C") or []
+    if linear is not None and len(grid) > 1 and linear["hyperparameters"]["C"] in (min(grid), max(grid)):
+        notes.append(f"linear: the chosen C={linear['hyperparameters']['C']:g} is at an end of probe.linear_C "
+                     f"({', '.join(f'{c:g}' for c in grid)}); a wider grid may do better on validation")
     solver = doc["probes"].get("linear", {}).get("solver", {})
     unconverged = [c for c, rec in solver.items() if not rec["converged"]]
     if unconverged:

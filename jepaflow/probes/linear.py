@@ -37,8 +37,10 @@ from torch import Tensor
 _CHUNK_ELEMENTS = 1 << 24
 #: feature matrices up to this size (in the solver's dtype) are converted once instead of chunk by chunk
 _CONVERT_ONCE_BYTES = 1 << 31
-#: L-BFGS iterations between two tests of the stopping criterion (see fit_logistic_regression)
-_ROUND_ITERATIONS = 25
+
+
+class _Converged(Exception):
+    """Raised by the L-BFGS closure when the stopping test passes (see :func:`fit_logistic_regression`)."""
 
 
 def standardize(train_feats: Tensor, *others: Tensor, eps: float = 1e-6) -> tuple[Tensor, ...]:
@@ -195,26 +197,25 @@ def fit_logistic_regression(
 
         def closure() -> Tensor:
             loss, grad_w, grad_b, _ = objective()
+            if grad_max(grad_w, grad_b) <= tol:
+                # scikit-learn's test, on the gradient in (W, b) (L-BFGS's own would read it in V). The parameters
+                # are at the point just evaluated (L-BFGS restores them after a line-search trial only when the
+                # closure returns), so stopping here keeps exactly the point that passed.
+                raise _Converged
             v.grad = grad_w if precond is None else precond @ grad_w  # dL/dV = P^T dL/dW, P symmetric
             bias.grad = grad_b
             return loss
 
-        # L-BFGS's own stopping test would read the gradient in V; scikit-learn's reads it in W. So L-BFGS runs in
-        # rounds (its history carries over from one step() call to the next) and the test is made here between
-        # rounds, on the gradient in (W, b).
-        opt = torch.optim.LBFGS([v, bias], lr=1.0, max_iter=max_iter, tolerance_grad=0.0, tolerance_change=0.0,
-                                history_size=history_size, line_search_fn="strong_wolfe")
-        loss, grad_w, grad_b, weight = objective()
-        iterations = 0
-        while grad_max(grad_w, grad_b) > tol and iterations < max_iter:
-            budget = min(_ROUND_ITERATIONS, max_iter - iterations)
-            opt.param_groups[0].update(max_iter=budget, max_eval=int(budget * 1.25) + 1)
+        # No stop on small changes of the loss (tolerance_change 0): only the gradient test above, or max_iter.
+        opt = torch.optim.LBFGS([v, bias], lr=1.0, max_iter=max_iter, max_eval=int(max_iter * 1.25) + 1,
+                                tolerance_grad=0.0, tolerance_change=0.0, history_size=history_size,
+                                line_search_fn="strong_wolfe")
+        try:
             opt.step(closure)
-            iterations = int(opt.state[v].get("n_iter", 0))
-            previous = float(loss)
-            loss, grad_w, grad_b, weight = objective()
-            if float(loss) >= previous:  # no decrease in a whole round: at the limit of the arithmetic's precision
-                break
+        except _Converged:
+            pass
+        iterations = int(opt.state[v].get("n_iter", 0)) if opt.state else 0
+        loss, grad_w, grad_b, weight = objective()
     final = grad_max(grad_w, grad_b)
     return LogisticFit(weight.detach().clone(), bias.detach().clone(), C, float(loss), final, iterations,
                        final <= tol)

@@ -164,3 +164,20 @@ def test_pixel_floor_on_fashion_mnist(tmp_path):
     assert 0.836 <= doc["probes"]["linear"]["accuracy"] <= 0.844, doc["probes"]["linear"]
     assert 0.842 <= doc["probes"]["knn"]["accuracy"] <= 0.846, doc["probes"]["knn"]
     assert doc["probes"]["linear"]["solver"]["refit"]["converged"]
+
+
+def test_probe_notes_flag_grid_edges_unconverged_fits_and_skips():
+    from jepaflow.cli.probe import probe_notes
+
+    doc = {"settings": {"linear_C": [0.1, 1.0, 10.0], "linear_max_iter": 1000},
+           "skipped": {"attentive": "no tokens"},
+           "probes": {"linear": {"hyperparameters": {"C": 10.0},
+                                 "solver": {"0.1": {"converged": True}, "1": {"converged": True},
+                                            "10": {"converged": False}, "refit": {"converged": False}}}}}
+    notes = probe_notes(doc)
+    assert notes[0] == "attentive skipped: no tokens"
+    assert "C=10 is at an end of probe.linear_C" in notes[1]
+    assert "C=10, the refit stopped at probe.linear_max_iter (1000)" in notes[2]
+    doc["probes"]["linear"]["hyperparameters"]["C"] = 1.0
+    doc["probes"]["linear"]["solver"] = {"refit": {"converged": True}}
+    assert probe_notes({**doc, "skipped": {}}) == []
