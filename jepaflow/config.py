@@ -9,17 +9,18 @@ problem at once, each with its YAML path, before any tensor exists.
 from __future__ import annotations
 
 import copy
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from jepaflow.errors import PluginError, RecipeError
+from jepaflow.errors import PluginError, RecipeError, clip, short
 from jepaflow.registry import Registry, default_registry
-from jepaflow.strict import StrictModel
+from jepaflow.strict import INT64_MAX, INT64_MIN, StrictModel
 
 #: recipe section -> plugin kind
 PLUGIN_SECTIONS: dict[str, str] = {
@@ -35,8 +36,19 @@ PLUGIN_SECTIONS: dict[str, str] = {
 }
 
 
+#: upper bounds of the engine's numbers: far beyond any published recipe, far below what overflows
+MAX_LR = 100.0  # SimCLR/BYOL's LARS at batch 32k use lr ~ 40
+MAX_WEIGHT_DECAY = 100.0
+MAX_BATCH = 1 << 20
+MAX_STEPS = 1 << 40
+
+#: an AdamW beta: a decay rate in [0, 1)
+Beta = Annotated[float, Field(ge=0, lt=1)]
+
+
 class _Strict(StrictModel):
-    """Engine sections: strict values, no unknown fields (:mod:`jepaflow.strict`)."""
+    """Engine sections: strict values, no unknown fields, finite numbers (:mod:`jepaflow.strict`), every number
+    with a range."""
 
 
 class OptimConfig(_Strict):
@@ -46,25 +58,27 @@ class OptimConfig(_Strict):
     name: Literal["adamw", "lars"] = Field(
         "adamw", description="adamw (I-JEPA, MAE, data2vec, LeJEPA); lars (SimCLR, BYOL, VICReg on ImageNet)"
     )
-    epochs: int = Field(300, ge=1, description="training length in epochs")
-    lr: float = Field(1e-3, gt=0, description="peak learning rate, reached after warmup")
-    start_lr: float = Field(2e-4, ge=0, description="learning rate at step 0 of the linear warmup")
-    final_lr: float = Field(1e-6, ge=0, description="learning rate at the end of the cosine decay")
-    warmup_epochs: float = Field(40, ge=0, description="linear warmup length in epochs")
-    weight_decay: float = Field(0.04, ge=0, description="weight decay at step 0 (cosine schedule)")
-    final_weight_decay: float = Field(0.4, ge=0, description="weight decay at the end of the schedule")
+    epochs: int = Field(300, ge=1, le=1_000_000, description="training length in epochs")
+    lr: float = Field(1e-3, gt=0, le=MAX_LR, description="peak learning rate, reached after warmup")
+    start_lr: float = Field(2e-4, ge=0, le=MAX_LR, description="learning rate at step 0 of the linear warmup")
+    final_lr: float = Field(1e-6, ge=0, le=MAX_LR, description="learning rate at the end of the cosine decay")
+    warmup_epochs: float = Field(40, ge=0, le=1_000_000, description="linear warmup length in epochs")
+    weight_decay: float = Field(0.04, ge=0, le=MAX_WEIGHT_DECAY, description="weight decay at step 0 (cosine schedule)")
+    final_weight_decay: float = Field(0.4, ge=0, le=MAX_WEIGHT_DECAY, description="weight decay at the end of the schedule")
     ipe_scale: float = Field(
-        1.0, gt=0, description="schedules span ipe_scale x the run (official code's 'ipe_scale'; 1.0 = the run)"
+        1.0, gt=0, le=100, description="schedules span ipe_scale x the run (official code's 'ipe_scale'; 1.0 = the run)"
     )
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="AdamW betas, each in [0, 1)")
     momentum: float = Field(0.9, ge=0, lt=1, description="LARS (SGD) momentum")
-    lars_eta: float = Field(0.001, gt=0, description="LARS trust coefficient (You et al. 2017)")
-    eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
-    grad_clip: float | None = Field(None, gt=0, description="clip the global grad norm to this (None: off)")
-    accum_steps: int = Field(1, ge=1, description="micro-batches accumulated per optimizer step")
+    lars_eta: float = Field(0.001, gt=0, le=1, description="LARS trust coefficient (You et al. 2017)")
+    eps: float = Field(1e-8, gt=0, le=1, description="AdamW epsilon")
+    grad_clip: float | None = Field(None, gt=0, le=1e6, description="clip the global grad norm to this (None: off)")
+    accum_steps: int = Field(1, ge=1, le=4096, description="micro-batches accumulated per optimizer step")
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> OptimConfig:
+        if self.epochs * self.ipe_scale < 1:
+            raise ValueError(f"ipe_scale ({self.ipe_scale}) x epochs ({self.epochs}) is under one epoch of schedule")
         if self.warmup_epochs > self.epochs * self.ipe_scale:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) is longer than the run ({self.epochs} epochs)")
         return self
@@ -73,29 +87,72 @@ class OptimConfig(_Strict):
 class TrainConfig(_Strict):
     """Engine settings: batching, precision, checkpoints, logging."""
 
-    batch_size: int = Field(2048, ge=1, description="global batch per optimizer step (all ranks x accum_steps)")
-    num_workers: int = Field(4, ge=0, description="DataLoader worker processes per rank")
+    batch_size: int = Field(2048, ge=1, le=MAX_BATCH, description="global batch per optimizer step (all ranks x accum_steps)")
+    num_workers: int = Field(4, ge=0, le=512, description="DataLoader worker processes per rank")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU (bf16 needs no GradScaler)"
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available")
-    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (schedules keep the full length)")
-    checkpoint_every_steps: int | None = Field(None, ge=1, description="also checkpoint every N steps")
-    checkpoint_every_epochs: int = Field(1, ge=1, description="checkpoint at the end of every N epochs")
+    max_steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="stop after this many steps (schedules keep the full length)")
+    checkpoint_every_steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="also checkpoint every N steps")
+    checkpoint_every_epochs: int = Field(1, ge=1, le=1_000_000, description="checkpoint at the end of every N epochs")
     keep_epoch_checkpoints: bool = Field(False, description="keep a copy per checkpointed epoch besides last.pt")
-    log_every: int = Field(10, ge=1, description="steps between metric lines (the only host syncs)")
+    log_every: int = Field(10, ge=1, le=MAX_STEPS, description="steps between metric lines (the only host syncs)")
     progress: bool = Field(True, description="show a rich progress bar on rank 0")
     pin_memory: bool = Field(True, description="pin host memory when training on CUDA")
+    loggers: list[Literal["jsonl", "tensorboard", "wandb"]] = Field(
+        ["jsonl"], description="metric sinks: jsonl (metrics.jsonl, always), tensorboard (<run>/tensorboard), wandb "
+        "(offline unless WANDB_MODE is set); see jepaflow/engine/loggers.py"
+    )
+
+    @field_validator("loggers")
+    @classmethod
+    def _loggers_usable(cls, names: list[str]) -> list[str]:
+        import importlib.util
+
+        from pydantic_core import PydanticCustomError  # a plain message (no "Value error, " prefix)
+
+        if "jsonl" not in names:
+            raise PydanticCustomError("loggers", "must include jsonl (metrics.jsonl feeds curves.png, the summary "
+                                      "and --resume)")
+        if len(set(names)) != len(names):
+            raise PydanticCustomError("loggers", "lists a logger twice")
+        for name in names:  # the package each sink needs, checked now rather than at step 0
+            if name != "jsonl" and importlib.util.find_spec(name) is None:
+                raise PydanticCustomError("loggers", f"{name} is not installed: pip install {name} (or drop it "
+                                          "from train.loggers)")
+        return names
+
     monitor_every: int | None = Field(
-        100, ge=1, description="steps between label-free monitors (RankMe, feature std) of the representation "
+        100, ge=1, le=MAX_STEPS, description="steps between label-free monitors (RankMe, feature std) of the representation "
         "encoder on a fixed batch, and at the last step (None: off)"
     )
-    monitor_samples: int = Field(512, ge=2, description="train images in the fixed monitor batch")
+    monitor_samples: int = Field(512, ge=2, le=1 << 20, description="train images in the fixed monitor batch")
     monitor_knn_every_epochs: int | None = Field(
-        None, ge=1, description="epochs between kNN accuracies on labelled subsets (None: off)"
+        None, ge=1, le=1_000_000, description="epochs between kNN accuracies on labelled subsets (None: off)"
     )
-    monitor_knn_samples: int = Field(2000, ge=1, description="train images (memory bank) and test images (queries) "
+    monitor_knn_samples: int = Field(2000, ge=1, le=1 << 24, description="train images (memory bank) and test images (queries) "
                                      "of the kNN monitor")
+    dist_timeout_s: float = Field(
+        1800, ge=1, le=7 * 24 * 3600,
+        description="under torchrun: seconds a process waits for the others in a collective before it stops with "
+        "a message (a dead or hung process); must exceed the longest checkpoint write",
+    )
+    onednn_linear: bool = Field(
+        True, description="CPU fp32: linear layers (and their backward) on oneDNN's GEMM instead of MKL's (same fp32 "
+        "products; no effect on CUDA or under bf16)"
+    )
+    compile: bool = Field(False, description="torch.compile the objective's forward and backward")
+    grad_checkpointing: bool = Field(
+        False, description="recompute the encoders' and predictor's block activations in backward (less memory)"
+    )
+    fsdp: bool = Field(
+        False, description="under torchrun: shard parameters, gradients and optimizer state over the processes "
+        "(torch FSDP2, fully_shard) instead of replicating them (DDP)"
+    )
+    fused_optimizer: bool = Field(
+        True, description="AdamW's fused kernel (torch fused=True; same update, one kernel; ignored by LARS)"
+    )
 
 
 #: probe fields of earlier versions, accepted and ignored (with a warning) so that stored recipes and checkpoints
@@ -109,41 +166,54 @@ class ProbeConfig(_Strict):
 
     enabled: bool = Field(False, description="run the probes after training")
     kinds: tuple[Literal["knn", "linear", "attentive", "lowshot"], ...] = Field(
-        ("knn", "linear"), min_length=1, description="which probes to run, in this order"
+        ("knn", "linear"), min_length=1, max_length=4, description="which probes to run, in this order"
     )
     encoder: str | None = Field(
-        None, description="encoder role to probe (a key of the objective's encoders(), e.g. target or context); "
-        "None: the objective's representation encoder"
+        None, min_length=1, max_length=64, description="encoder role to probe (a key of the objective's encoders(), "
+        "e.g. target or context); None: the objective's representation encoder"
     )
     layers: Literal["last", "last4"] = Field(
         "last", description="last: pooled last-layer tokens after the final norm; last4: the pooled outputs of "
         "the last 4 blocks, concatenated (linear, kNN and low-shot; attentive always reads the last layer)"
     )
-    train_samples: int | None = Field(None, ge=1, description="cap on labelled train images (None: all)")
-    test_samples: int | None = Field(None, ge=1, description="cap on test images (None: all)")
+    train_samples: int | None = Field(None, ge=1, le=2**40, description="cap on labelled train images (None: all)")
+    test_samples: int | None = Field(None, ge=1, le=2**40, description="cap on test images (None: all)")
     val_fraction: float = Field(
         0.1, gt=0, lt=1, description="fraction of the train split held out (stratified) to choose hyper-parameters"
     )
-    seed: int = Field(0, ge=0, description="seed of the validation split, the low-shot draws and the attentive heads")
-    batch_size: int = Field(256, ge=1, description="feature extraction batch size")
-    knn_k: int = Field(20, ge=1, description="neighbours for the kNN probe (cosine similarity, vote weighted)")
-    knn_temperature: float = Field(0.07, gt=0, description="kNN vote temperature (Wu et al. 2018)")
-    linear_C: tuple[float, ...] = Field(
-        (0.001, 0.01, 0.1, 1.0, 10.0, 100.0), min_length=1,
+    seed: int = Field(
+        0, ge=0, le=2**32 - 1, description="seed of the validation split, the low-shot draws, the attentive heads "
+        "and a timm:NAME source's initialization"
+    )
+    batch_size: int = Field(256, ge=1, le=MAX_BATCH, description="feature extraction batch size")
+    knn_k: int = Field(20, ge=1, le=100_000, description="neighbours for the kNN probe (cosine similarity, vote weighted)")
+    knn_temperature: float = Field(0.07, ge=1e-3, le=100, description="kNN vote temperature (Wu et al. 2018)")
+    linear_C: tuple[Annotated[float, Field(gt=0, le=1e6)], ...] = Field(
+        (0.001, 0.01, 0.1, 1.0, 10.0, 100.0), min_length=1, max_length=64,
         description="grid of inverse L2 strengths C (scikit-learn's meaning) for the logistic regression",
     )
-    linear_max_iter: int = Field(1000, ge=1, description="L-BFGS iterations at most per fit")
-    linear_tol: float = Field(1e-4, gt=0, description="L-BFGS stops when max |gradient| of the mean loss is below this")
-    attentive_lr: tuple[float, ...] = Field((1e-3, 3e-4), min_length=1, description="grid of AdamW peak learning rates")
-    attentive_weight_decay: tuple[float, ...] = Field((1e-3,), min_length=1, description="grid of AdamW weight decays")
-    attentive_epochs: int = Field(20, ge=1, description="epochs of each attentive head's training")
-    attentive_batch_size: int = Field(256, ge=1, description="attentive head training batch size")
-    attentive_heads: int | None = Field(
-        None, ge=1, description="attention heads of the attentive head (None: the encoder's num_heads)"
+    linear_max_iter: int = Field(1000, ge=1, le=1_000_000, description="L-BFGS iterations at most per fit")
+    linear_tol: float = Field(
+        1e-4, gt=0, le=1, description="L-BFGS stops when max |gradient| of the mean loss is below this"
     )
-    lowshot_per_class: tuple[int, ...] = Field((1, 5, 10), description="low-shot settings: labelled images per class")
-    lowshot_fractions: tuple[float, ...] = Field((0.01, 0.1), description="low-shot settings: fractions of the labels")
-    lowshot_draws: int = Field(3, ge=3, description="label draws per low-shot setting (mean and std reported)")
+    attentive_lr: tuple[Annotated[float, Field(gt=0, le=MAX_LR)], ...] = Field(
+        (1e-3, 3e-4), min_length=1, max_length=64, description="grid of AdamW peak learning rates"
+    )
+    attentive_weight_decay: tuple[Annotated[float, Field(ge=0, le=MAX_WEIGHT_DECAY)], ...] = Field(
+        (1e-3,), min_length=1, max_length=64, description="grid of AdamW weight decays"
+    )
+    attentive_epochs: int = Field(20, ge=1, le=100_000, description="epochs of each attentive head's training")
+    attentive_batch_size: int = Field(256, ge=1, le=MAX_BATCH, description="attentive head training batch size")
+    attentive_heads: int | None = Field(
+        None, ge=1, le=1024, description="attention heads of the attentive head (None: the encoder's num_heads)"
+    )
+    lowshot_per_class: tuple[Annotated[int, Field(ge=1, le=1 << 20)], ...] = Field(
+        (1, 5, 10), max_length=64, description="low-shot settings: labelled images per class"
+    )
+    lowshot_fractions: tuple[Annotated[float, Field(gt=0, le=1)], ...] = Field(
+        (0.01, 0.1), max_length=64, description="low-shot settings: fractions of the labels"
+    )
+    lowshot_draws: int = Field(3, ge=3, le=1000, description="label draws per low-shot setting (mean and std reported)")
     random_init_baseline: bool = Field(
         False, description="also probe the same encoder at its random initialization (the floor SSL must beat)"
     )
@@ -163,24 +233,17 @@ class ProbeConfig(_Strict):
             data = {k: v for k, v in data.items() if k not in LEGACY_PROBE_FIELDS}
         return data
 
+    @field_validator("kinds")
+    @classmethod
+    def _distinct(cls, kinds: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(kinds)) != len(kinds):
+            raise ValueError(f"lists a probe twice ({', '.join(kinds)})")
+        return kinds
+
     @model_validator(mode="after")
-    def _check_grids(self) -> ProbeConfig:
-        problems = []
-        for name in ("linear_C", "attentive_lr"):
-            if any(not v > 0 for v in getattr(self, name)):
-                problems.append(f"{name} values must be > 0")
-        if any(not v >= 0 for v in self.attentive_weight_decay):
-            problems.append("attentive_weight_decay values must be >= 0")
-        if any(k < 1 for k in self.lowshot_per_class):
-            problems.append("lowshot_per_class values must be >= 1")
-        if any(not 0 < f <= 1 for f in self.lowshot_fractions):
-            problems.append("lowshot_fractions values must be in (0, 1]")
+    def _lowshot_has_settings(self) -> ProbeConfig:
         if "lowshot" in self.kinds and not (self.lowshot_per_class or self.lowshot_fractions):
-            problems.append("lowshot needs at least one setting in lowshot_per_class or lowshot_fractions")
-        if len(set(self.kinds)) != len(self.kinds):
-            problems.append("kinds lists a probe twice")
-        if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("lowshot needs at least one setting in lowshot_per_class or lowshot_fractions")
         return self
 
 
@@ -188,8 +251,10 @@ class RecipeModel(_Strict):
     """The whole recipe as written: plugin sections are kept as dicts here and validated against their
     plugin's own model by :func:`load_recipe`."""
 
-    seed: int = Field(0, description="seed of everything: init, data order, crops, masks")
-    output_dir: str = Field("runs/run", description="run folder: checkpoints, metrics, plots, resolved recipe")
+    seed: int = Field(0, ge=INT64_MIN, le=INT64_MAX, description="seed of everything: init, data order, crops, masks")
+    output_dir: str = Field(
+        "runs/run", min_length=1, description="run folder: checkpoints, metrics, plots, resolved recipe"
+    )
     data: dict[str, Any]
     encoder: dict[str, Any] | None = None
     predictor: dict[str, Any] | None = None
@@ -202,6 +267,15 @@ class RecipeModel(_Strict):
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     probe: ProbeConfig = ProbeConfig()
+
+    @field_validator("output_dir")
+    @classmethod
+    def _a_folder_name(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("is empty: name the run folder (an empty one would write into the current folder)")
+        if "\0" in value:
+            raise ValueError("contains a NUL byte")
+        return value
 
 
 @dataclass(frozen=True)
@@ -257,8 +331,191 @@ _RecipeLoader.add_implicit_resolver(
 
 
 def load_yaml_text(text: str) -> Any:
-    """Parse recipe YAML (or a ``--set`` value): safe, with YAML 1.2 scientific-notation floats."""
-    return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+    """Parse recipe YAML (or a ``--set`` value): safe, plain data only, with YAML 1.2 scientific-notation floats;
+    a :class:`RecipeError` for anything :func:`parse_yaml` refuses."""
+    value, issues = parse_yaml(text)
+    if issues:
+        raise RecipeError(issues)
+    return value
+
+
+#: a recipe is a few kilobytes of text; anything far larger is not one
+MAX_RECIPE_BYTES = 1 << 20
+#: deepest nesting of a recipe (section.field.list is 3 levels; plugin kwargs add a few)
+MAX_DEPTH = 32
+#: most values a recipe may hold once YAML aliases are expanded (an alias bomb expands to billions)
+MAX_VALUES = 100_000
+#: longest integer literal (int64 has 19 digits; Python refuses to parse more than 4300)
+MAX_INT_CHARS = 40
+
+_CORE = "tag:yaml.org,2002:"
+#: the YAML tags of plain data; every other tag (!!binary, !!timestamp, !!set, !!python/..., !custom) is refused
+_PLAIN_TAGS = {_CORE + t for t in ("null", "bool", "int", "float", "str", "seq", "map", "merge")}
+_TAG_NAMES = {_CORE + "seq": "a list", _CORE + "map": "a mapping"}
+
+
+def path_part(key: object) -> str:
+    """A key as shown in a YAML path: as written when it is a plain name, quoted (escapes visible) otherwise, and
+    never longer than about 60 characters."""
+    if isinstance(key, str) and key and key.isprintable() and key.strip() == key and "." not in key:
+        return clip(key, 60)
+    return short(key, 60)
+
+
+def _shown(text: str) -> str:
+    """An override as shown in a message: as typed when printable, quoted (escapes visible) otherwise."""
+    if text and text.isprintable() and text.strip() == text:
+        return clip(text, 60)
+    return short(text, 60)
+
+
+def _node_path(parent: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{parent}[{key}]"
+    return f"{parent}.{path_part(key)}" if parent else path_part(key)
+
+
+def _check_nodes(root: yaml.Node) -> list[tuple[str, str]]:
+    """Problems of a composed YAML document that must be caught before it is turned into Python values:
+    duplicate keys, tags that are not plain data, keys that are not names, integer literals too long to parse,
+    nesting deeper than :data:`MAX_DEPTH`, more than :data:`MAX_VALUES` values once aliases are expanded, and
+    aliases that refer to themselves. Iterative, and each node (shared through an alias or not) is visited once."""
+    issues: list[tuple[str, str]] = []
+    sizes: dict[int, int] = {}  # id(node) -> values under it, aliases expanded
+    heights: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, str, bool]] = [(root, "", False)]
+    while stack:
+        node, path, done = stack.pop()
+        nid = id(node)
+        where = path or "<root>"
+        if done:
+            children = _children(node)
+            sizes[nid] = 1 + sum(sizes.get(id(c), 0) for c, _ in children)
+            heights[nid] = 1 + max((heights.get(id(c), 0) for c, _ in children), default=0)
+            open_nodes.discard(nid)
+            if heights[nid] > MAX_DEPTH:
+                return [(where, f"is nested more than {MAX_DEPTH} levels deep; a recipe is a few levels of "
+                                "sections and fields")]
+            if sizes[nid] > MAX_VALUES:
+                return [(where, f"expands to more than {MAX_VALUES:,} values (YAML aliases repeated inside "
+                                "aliases?); write the values out, a recipe is small")]
+            continue
+        if nid in open_nodes:
+            return [(where, "is an alias of a mapping or list that contains it (a loop)")]
+        if nid in sizes:
+            continue  # a shared node (alias), already checked
+        if node.tag not in _PLAIN_TAGS:
+            issues.append((where, f"YAML tag {short(node.tag.replace(_CORE, '!!'), 60)} is not allowed: a recipe holds plain values "
+                                  "(numbers, text, true/false, null, lists, mappings)"))
+            sizes[nid], heights[nid] = 1, 1
+            continue
+        if node.tag == _CORE + "int" and len(node.value) > MAX_INT_CHARS:
+            issues.append((where, f"an integer of {len(node.value)} characters is too large (integers must fit in "
+                                  "64 bits)"))
+            sizes[nid], heights[nid] = 1, 1
+            continue
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key, _ in node.value:
+                if key.tag == _CORE + "merge":
+                    continue
+                if not isinstance(key, yaml.ScalarNode):
+                    issues.append((where, f"has {_TAG_NAMES.get(key.tag, 'a value')} as a key; keys are names"))
+                    continue
+                line = key.start_mark.line + 1
+                if key.value in seen:
+                    issues.append((_node_path(path, key.value),
+                                   f"is given twice (lines {seen[key.value]} and {line}); YAML would silently keep "
+                                   "the last one: delete one of them"))
+                seen.setdefault(key.value, line)
+        open_nodes.add(nid)
+        stack.append((node, path, True))
+        for child, key in reversed(_children(node)):
+            stack.append((child, _node_path(path, key), False))
+    return issues
+
+
+def _children(node: yaml.Node) -> list[tuple[yaml.Node, str | int]]:
+    if isinstance(node, yaml.SequenceNode):
+        return [(c, i) for i, c in enumerate(node.value)]
+    if isinstance(node, yaml.MappingNode):
+        return [(v, k.value if isinstance(k, yaml.ScalarNode) else "?") for k, v in node.value]
+    return []
+
+
+def parse_yaml(text: str, where: str = "") -> tuple[Any, list[tuple[str, str]]]:
+    """``(value, issues)`` of a YAML text (safe: plain data only). ``where`` prefixes the paths of the issues
+    (an override's ``optim.lr``). Never raises for any input text."""
+    loader = None
+    try:
+        loader = _RecipeLoader(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None, []
+        issues = _check_nodes(node)
+        if issues:
+            return None, [(_node_path(where, p) if where and p != "<root>" else (where or p), m) for p, m in issues]
+        return loader.construct_document(node), []
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            at = f"line {mark.line + 1}, column {mark.column + 1}"
+        elif getattr(exc, "position", None) is not None:  # a ReaderError: a character YAML does not allow
+            at = f"character {exc.position + 1}"  # 0-based
+        else:
+            at = "?"
+        problem = getattr(exc, "problem", None) or str(exc)
+        if isinstance(exc, yaml.reader.ReaderError):
+            problem = f"the character U+{exc.character:04X} is not allowed in YAML text"
+        return None, [(where or f"<yaml {at}>", f"not valid YAML{' at ' + at if where else ''}: "
+                                               f"{clip(str(problem), 200)}")]
+    except RecursionError:
+        return None, [(where or "<root>", f"is nested more than {MAX_DEPTH} levels deep; a recipe is a few levels "
+                                          "of sections and fields")]
+    except ValueError as exc:  # e.g. a value Python cannot convert; the node checks should have caught it
+        return None, [(where or "<root>", f"a value cannot be read: {clip(str(exc), 200)}")]
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def check_tree(value: Any, where: str = "") -> list[tuple[str, str]]:
+    """Problems of an already-parsed recipe tree (a dict passed by a program, or one stored in a checkpoint):
+    keys that are not text, nesting deeper than :data:`MAX_DEPTH`, more than :data:`MAX_VALUES` values, and
+    containers that contain themselves. Shared sub-trees are counted as often as they occur, visited once."""
+    sizes: dict[int, int] = {}
+    heights: dict[int, int] = {}
+    open_ids: set[int] = set()
+    stack: list[tuple[Any, str, bool]] = [(value, where, False)]
+    while stack:
+        node, path, done = stack.pop()
+        if not isinstance(node, (dict, list, tuple)):
+            continue
+        nid, label = id(node), path or "<root>"
+        items = list(node.items()) if isinstance(node, dict) else list(enumerate(node))
+        if done:
+            sizes[nid] = 1 + sum(sizes.get(id(v), 1) for _, v in items)
+            heights[nid] = 1 + max((heights.get(id(v), 0) for _, v in items), default=0)
+            open_ids.discard(nid)
+            if heights[nid] > MAX_DEPTH:
+                return [(label, f"is nested more than {MAX_DEPTH} levels deep")]
+            if sizes[nid] > MAX_VALUES:
+                return [(label, f"holds more than {MAX_VALUES:,} values; a recipe is small")]
+            continue
+        if nid in open_ids:
+            return [(label, "contains itself")]
+        if nid in sizes:
+            continue
+        if isinstance(node, dict):
+            bad = [k for k in node if not isinstance(k, str)]
+            if bad:
+                return [(label, f"has the key {short(bad[0], 40)}; keys are names (text)")]
+        open_ids.add(nid)
+        stack.append((node, path, True))
+        for key, child in reversed(items):
+            stack.append((child, _node_path(path, key), False))
+    return []
 
 
 # ------------------------------------------------------------------------------------------------ overrides
@@ -268,17 +525,19 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     issues: list[tuple[str, str]] = []
     for item in overrides:
         if "=" not in item:
-            issues.append((item, "an override is PATH=VALUE, e.g. optim.lr=0.001"))
+            issues.append((_shown(item), f"an override is PATH=VALUE, e.g. optim.lr=0.001 (got {short(item)})"))
             continue
         path, _, value_text = item.partition("=")
         keys = [k for k in path.strip().split(".") if k]
         if not keys:
-            issues.append((item, "empty path"))
+            issues.append((_shown(item), "empty path"))
             continue
-        try:
-            value = load_yaml_text(value_text)
-        except yaml.YAMLError as exc:
-            issues.append((path, f"value {value_text!r} is not valid YAML ({exc.__class__.__name__})"))
+        if len(keys) > MAX_DEPTH:
+            issues.append((_shown(path), f"is more than {MAX_DEPTH} levels deep"))
+            continue
+        value, problems = parse_yaml(value_text, ".".join(path_part(k) for k in keys))
+        if problems:
+            issues.extend(problems)
             continue
         node = out
         for i, key in enumerate(keys[:-1]):
@@ -286,7 +545,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if nxt is None:
                 nxt = node[key] = {}
             if not isinstance(nxt, dict):
-                issues.append((".".join(keys[: i + 1]), "is not a section, cannot set a field under it"))
+                issues.append((".".join(path_part(k) for k in keys[: i + 1]),
+                               "is not a section, cannot set a field under it"))
                 break
             node = nxt
         else:
@@ -299,21 +559,26 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 def _loc(prefix: str, loc: tuple[Any, ...]) -> str:
     parts = [prefix] if prefix else []
     for p in loc:
-        parts.append(f"[{p}]" if isinstance(p, int) else str(p))
+        parts.append(f"[{p}]" if isinstance(p, int) else path_part(p))
     return ".".join(parts).replace(".[", "[")
 
 
 def _pydantic_issues(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
     out = []
-    for err in exc.errors():
+    for err in exc.errors(include_url=False, include_context=True, include_input=True)[: RecipeError.MAX_LISTED + 1]:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
         elif err["type"] == "literal_error" and "expected" in err.get("ctx", {}):
-            msg = f"must be one of {err['ctx']['expected']}"
+            msg = f"must be one of {clip(str(err['ctx']['expected']), 300)}"
+        elif err["type"] == "finite_number":
+            msg = "must be a finite number (not .inf or .nan)"
+        elif err["type"] == "value_error" and msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        msg = clip(msg, 300)
         if (err["type"] not in ("missing", "extra_forbidden") and "input" in err and not isinstance(err["input"], dict)
                 and "got " not in msg):
-            msg += f" (got {err['input']!r})"
+            msg += f" (got {short(err['input'])})"
         out.append((_loc(prefix, err["loc"]) or "<root>", msg))
     return out
 
@@ -342,19 +607,54 @@ def _capability_issues(encoder: Component, objective: Component, registry: Regis
 
 # ------------------------------------------------------------------------------------------------ loading
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise RecipeError([("<file>", f"no recipe at {str(p)!r}")], source=str(p))
-    try:
-        raw = load_yaml_text(p.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "?"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise RecipeError([(f"<yaml {where}>", f"not valid YAML: {problem}")], source=str(p)) from None
+    """The recipe file as a dict. Refuses, with one message each: a missing path, a folder, a FIFO or device
+    (reading it would block), an unreadable or oversized file, text that is not UTF-8, invalid YAML, duplicate
+    keys, tags, alias bombs, deep nesting, and a document that is not a mapping."""
+    text, source = _read_text(path)
+    raw, issues = parse_yaml(text)
+    if issues:
+        raise RecipeError(issues, source=source)
     if not isinstance(raw, dict):
-        raise RecipeError([("<root>", "a recipe is a YAML mapping (section: {...})")], source=str(p))
+        raise RecipeError([("<root>", "a recipe is a YAML mapping (section: {...})")], source=source)
     return raw
+
+
+def _read_text(path: str | Path) -> tuple[str, str]:
+    source = clip(os.fspath(path), 300)
+
+    def fail(msg: str) -> RecipeError:
+        return RecipeError([("<file>", msg)], source=source)
+
+    if "\0" in os.fspath(path):
+        raise fail("the path contains a NUL byte")
+    if len(os.fsencode(os.fspath(path))) >= 4096 or any(len(os.fsencode(p)) > 255 for p in Path(path).parts):
+        raise fail("the path is too long for the file system (255 bytes per name, 4096 in all)")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise fail(f"no recipe at {source!r}") from None
+    except OSError as exc:
+        raise fail(f"cannot open {source!r}: {exc.strerror or exc}") from None
+    import stat
+
+    if stat.S_ISDIR(st.st_mode):
+        raise fail(f"{source!r} is a folder; pass the recipe file (e.g. recipes/quickstart.yaml)")
+    if not stat.S_ISREG(st.st_mode):
+        raise fail(f"{source!r} is not a regular file (a pipe or device?); pass a recipe file")
+    if st.st_size > MAX_RECIPE_BYTES:
+        raise fail(f"{source!r} has {st.st_size:,} bytes; a recipe is a small text file (at most "
+                   f"{MAX_RECIPE_BYTES:,} bytes)")
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise fail(f"cannot read {source!r}: {exc.strerror or exc}") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise fail("the file is UTF-16 text; save the recipe as UTF-8")
+    try:
+        return data.decode("utf-8-sig"), source
+    except UnicodeDecodeError as exc:
+        raise fail(f"the file is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}): is it a "
+                   "recipe? Save it as UTF-8") from None
 
 
 def load_recipe(
@@ -365,10 +665,16 @@ def load_recipe(
     """Read, override and validate a recipe; raise one :class:`RecipeError` listing every problem."""
     registry = registry or default_registry()
     if isinstance(path_or_dict, dict):
+        tree_issues = check_tree(path_or_dict)
+        if tree_issues:
+            raise RecipeError(tree_issues)
         raw, source = copy.deepcopy(path_or_dict), None
     else:
-        raw, source = read_yaml(path_or_dict), str(path_or_dict)
+        raw, source = read_yaml(path_or_dict), clip(os.fspath(path_or_dict), 300)
     raw = apply_overrides(raw, overrides or [])
+    tree_issues = check_tree(raw)
+    if tree_issues:
+        raise RecipeError(tree_issues, source=source)
 
     issues: list[tuple[str, str]] = []
     # Engine sections first (plugin sections only need to be mappings here).
@@ -405,6 +711,10 @@ def load_recipe(
             cfg = cls.Config.model_validate(fields)
         except ValidationError as exc:
             issues.extend(_unknown_field_hint(section, cls, _pydantic_issues(exc, prefix=section)))
+            continue
+        except Exception as exc:  # a plugin's own validator failing in another way: name the plugin
+            issues.append((section, f"the {kind} plugin {name!r} could not check its settings "
+                                    f"({type(exc).__name__}: {clip(str(exc), 200)})"))
             continue
         components[section] = Component(kind=kind, name=name, cls=cls, config=cfg)
 

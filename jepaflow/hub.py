@@ -22,10 +22,9 @@ target (EMA) encoder.
 from __future__ import annotations
 
 import math
-import pickle
-import pickletools
+import os
 import re
-import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +32,22 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor, nn
 
-from jepaflow.errors import JepaflowError
+from jepaflow.checkpoints import (
+    EXTRA_STATE_SUFFIX,
+    check_finite,
+    check_readable_file,
+    check_state_matches,
+    describe,
+    load_state_dict_checked,
+    read_checkpoint,
+    strip_wrapper_prefixes,
+)
+from jepaflow.checkpoints import FORMAT as JEPAFLOW_FORMAT
+from jepaflow.errors import CheckpointError, JepaflowError, clip
 from jepaflow.interfaces import Encoder
-
-#: ``format`` value of the checkpoints written by jepaflow's engine.
-JEPAFLOW_FORMAT = "jepaflow-checkpoint"
 
 #: role -> key of that encoder's state dict in an official I-JEPA checkpoint.
 OFFICIAL_ROLES: dict[str, str] = {"target": "target_encoder", "context": "encoder"}
-
-#: prefixes added by wrappers (DistributedDataParallel, torch.compile) that are not part of the model.
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
 
@@ -76,11 +80,12 @@ def load_encoder(
         num_heads: attention heads, needed only for an official checkpoint whose width is not one of the
             official ViT sizes (the heads cannot be read off the weights).
     Raises:
-        JepaflowError: the file is missing, unreadable, not a checkpoint, or does not match what is expected;
-            the message names the file and the fix.
+        JepaflowError: the file is missing, unreadable, not a checkpoint, holds Python objects other than
+            tensors/numbers/text (never unpickled: the file is read with ``weights_only=True`` only), holds NaN or
+            infinite weights, or does not match what is expected; the message names the file and the fix.
     """
-    file = _resolve_path(Path(path))
-    ckpt = _read_checkpoint(file, map_location)
+    file = _resolve_path(path)
+    ckpt = read_checkpoint(file, map_location)
     if isinstance(ckpt, dict) and ckpt.get("format") == JEPAFLOW_FORMAT:
         encoder = _encoder_from_jepaflow(ckpt, file, which)
     elif isinstance(ckpt, dict) and _is_official(ckpt):
@@ -89,7 +94,7 @@ def load_encoder(
         raise JepaflowError(
             f"{file} is a PyTorch file but not an encoder checkpoint: expected an official I-JEPA checkpoint "
             f"(keys 'encoder'/'target_encoder'), a ViT state dict (key 'patch_embed.proj.weight') or a jepaflow "
-            f"checkpoint (format {JEPAFLOW_FORMAT!r}); found {_describe(ckpt)}",
+            f"checkpoint (format {JEPAFLOW_FORMAT!r}); found {describe(ckpt)}",
             "pass the checkpoint written by I-JEPA's train.py, or a jepaflow run folder / its checkpoints/last.pt",
         )
     if img_size is not None:
@@ -106,7 +111,7 @@ def with_img_size(encoder: Encoder, img_size: int, source: str = "the encoder") 
 
     The encoder's plugin config must have an ``img_size`` field. Every weight is copied; a position table
     whose shape depends on the grid is recomputed when it is a fixed buffer (sin-cos: exact at any size) and
-    resized bicubically when it is a learned parameter.
+    resized as timm does (``resample_abs_pos_embed``: bicubic, antialiased) when it is a learned parameter.
     """
     config = getattr(encoder, "config", None)
     if config is None or "img_size" not in type(config).model_fields:
@@ -136,10 +141,12 @@ def with_img_size(encoder: Encoder, img_size: int, source: str = "the encoder") 
         value = old_state[key]
         if value.shape != target.shape:
             if key in param_names:
-                # a learned table: the best available is a bicubic resize (as timm / the reference do)
-                from jepaflow.layers.pos_embed import resize_pos_embed
+                # a learned table: resized as timm resizes its own tables (bicubic, antialiased)
+                from timm.layers import resample_abs_pos_embed
 
-                value = resize_pos_embed(value, encoder.grid_size, resized.grid_size)
+                value = resample_abs_pos_embed(
+                    value, new_size=list(resized.grid_size), old_size=list(encoder.grid_size), num_prefix_tokens=0
+                )
             else:
                 # a fixed buffer (sin-cos table): the new module computed the exact one for its grid
                 value = target
@@ -218,86 +225,17 @@ def infer_vit_config(state_dict: dict[str, Tensor], num_heads: int | None = None
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _resolve_path(path: Path) -> Path:
-    if path.is_dir():
-        last = path / "checkpoints" / "last.pt"
+def _resolve_path(path: str | os.PathLike) -> Path:
+    text = os.fspath(path)
+    if "\0" not in text and os.path.isdir(text):
+        last = Path(text) / "checkpoints" / "last.pt"
         if not last.is_file():
-            raise JepaflowError(
-                f"{path} is a folder without checkpoints/last.pt",
+            raise CheckpointError(
+                f"{clip(text, 300)} is a folder without checkpoints/last.pt",
                 "pass a jepaflow run folder that has been checkpointed, or the checkpoint file itself",
             )
         return last
-    if not path.is_file():
-        raise JepaflowError(f"no checkpoint at {path}", "check the path (a checkpoint file or a jepaflow run folder)")
-    return path
-
-
-def _read_checkpoint(path: Path, map_location: Any) -> Any:
-    """``torch.load`` with the restricted (``weights_only``) unpickler first: official checkpoints hold only
-    tensors, numbers, strings and containers (optimizer and scaler state included), so nothing in them needs
-    arbitrary code to load."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # The restricted unpickler refused an object. jepaflow's own checkpoints may legitimately carry such
-        # objects (e.g. numpy RNG state saved for exact resumption), so a file that declares jepaflow's format
-        # -- read from the pickle's opcodes, without executing it -- is loaded in full. Any other file is
-        # refused rather than unpickled, since full unpickling can run arbitrary code.
-        if _declares_jepaflow_format(path):
-            try:
-                return torch.load(path, map_location=map_location, weights_only=False)
-            except Exception as exc2:
-                raise _unreadable(path, exc2) from None
-        raise _unreadable(path, exc) from None
-    except Exception as exc:
-        raise _unreadable(path, exc) from None
-
-
-def _unreadable(path: Path, exc: Exception) -> JepaflowError:
-    text = str(exc)
-    # torch wraps the restricted unpickler's reason in paragraphs of advice: keep only the reason.
-    marker = "WeightsUnpickler error:"
-    refused_global = False
-    if marker in text:
-        text = text.split(marker, 1)[1].strip().split("\n\n")[0].split(". Please use")[0]
-        refused_global = "Unsupported global" in text
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    detail = lines[0][:200] if lines else ""
-    if refused_global:
-        fix = (
-            "the file holds Python objects besides tensors and numbers; if you trust it, re-save only its "
-            "weights, e.g. ckpt = torch.load(path, weights_only=False); "
-            "torch.save({k: ckpt[k] for k in ('encoder', 'target_encoder')}, 'weights.pth'), and load that"
-        )
-    else:
-        fix = (
-            "pass a file written by torch.save: an official I-JEPA checkpoint, a jepaflow checkpoint, or a "
-            "jepaflow run folder; if it is one, the file may be truncated (re-download or re-copy it)"
-        )
-    return JepaflowError(f"cannot read {path} as a PyTorch checkpoint ({type(exc).__name__}: {detail})", fix)
-
-
-def _declares_jepaflow_format(path: Path) -> bool:
-    """Whether the pickle inside a ``torch.save`` zip archive contains the string ``"jepaflow-checkpoint"``.
-
-    Walks the opcodes with :func:`pickletools.genops`, which parses without constructing any object."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
-            if name is None:
-                return False
-            data = archive.read(name)
-        return any(arg == JEPAFLOW_FORMAT for _, arg, _ in pickletools.genops(data))
-    except Exception:
-        return False
-
-
-def _describe(obj: Any) -> str:
-    if isinstance(obj, dict):
-        keys = list(obj)[:8]
-        more = ", ..." if len(obj) > 8 else ""
-        return f"a dict with keys {', '.join(repr(k) for k in keys)}{more}"
-    return f"a {type(obj).__name__}"
+    return check_readable_file(text, "checkpoint")
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -314,15 +252,6 @@ def _first_error(exc: ValidationError) -> str:
 def _is_official(ckpt: dict) -> bool:
     wrapped = any(isinstance(ckpt.get(key), dict) for key in OFFICIAL_ROLES.values())
     return wrapped or "patch_embed.proj.weight" in strip_wrapper_prefixes(ckpt)
-
-
-def strip_wrapper_prefixes(state_dict: dict[str, Any]) -> dict[str, Any]:
-    """Drop the ``module.`` (DistributedDataParallel) and ``_orig_mod.`` (torch.compile) key prefixes that
-    every key shares."""
-    for prefix in _WRAPPER_PREFIXES:
-        if state_dict and all(isinstance(k, str) and k.startswith(prefix) for k in state_dict):
-            return strip_wrapper_prefixes({k[len(prefix) :]: v for k, v in state_dict.items()})
-    return state_dict
 
 
 def _encoder_from_official(ckpt: dict, path: Path, which: str | None, num_heads: int | None) -> Encoder:
@@ -352,40 +281,31 @@ def _encoder_from_official(ckpt: dict, path: Path, which: str | None, num_heads:
             )
         state = strip_wrapper_prefixes(dict(ckpt))
         what = str(path)
+    check_finite(state, what)
     config = infer_vit_config(state, num_heads=num_heads, source=what)
-    with torch.random.fork_rng(devices=[]):  # construction draws random init weights, soon overwritten
-        encoder = VisionTransformerEncoder(config)
-    load_state_dict_checked(encoder, state, what)
-    return encoder
+    return build_for_state(lambda: VisionTransformerEncoder(config), state, what)
 
 
-def load_state_dict_checked(module: nn.Module, state: dict[str, Any], source: str) -> None:
-    """``module.load_state_dict(state, strict=True)``, with a :class:`JepaflowError` that lists the missing,
-    unexpected and mis-shaped entries (a few of each) instead of torch's RuntimeError."""
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [
-        f"{k}: {tuple(getattr(state[k], 'shape', ()))} in the file, {tuple(v.shape)} expected"
-        for k, v in expected.items()
-        if k in state and getattr(state[k], "shape", None) != getattr(v, "shape", None)
-    ]
-    if missing or unexpected or wrong:
+def build_for_state(build: Callable[[], nn.Module], state: dict[str, Any], source: str) -> nn.Module:
+    """``build()`` loaded with ``state``, checked against it *before* any memory is spent on weights.
 
-        def show(items: list[str]) -> str:
-            return ", ".join(items[:6]) + (f", ... ({len(items)} in all)" if len(items) > 6 else "")
-
-        parts = [
-            f"{label}: {show(items)}"
-            for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-            if items
-        ]
-        raise JepaflowError(
-            f"{source} does not match a {type(module).__name__}: " + "; ".join(parts),
-            "check that the file is the checkpoint you meant (an I-JEPA ViT checkpoint, or a jepaflow checkpoint "
-            "written by this version); for official checkpoints of other widths pass num_heads=",
-        )
-    module.load_state_dict(state, strict=True)
+    The module is first built on the ``meta`` device (no storage), and its state-dict keys and shapes are
+    compared with the file's tensors: a file whose recipe or keys describe a model far larger than its tensors
+    (a crafted or damaged checkpoint) is refused without allocating that model. Then it is built for real,
+    with the caller's RNG left alone (construction draws init weights, overwritten at once)."""
+    try:
+        with torch.device("meta"), torch.random.fork_rng(devices=[]):
+            shell = build()
+    except JepaflowError:
+        raise
+    except Exception:  # a plugin that reads tensor values in its constructor cannot be built on meta
+        shell = None
+    if shell is not None:
+        check_state_matches(shell, state, source)
+    with torch.random.fork_rng(devices=[]):
+        module = build()
+    load_state_dict_checked(module, state, source)
+    return module
 
 
 def _mlp_ratio(dim: int, hidden: int) -> float:
@@ -418,20 +338,24 @@ def _encoder_from_jepaflow(ckpt: dict, path: Path, which: str | None) -> Encoder
 
     recipe_dict, state = ckpt.get("recipe"), ckpt.get("objective")
     if not isinstance(recipe_dict, dict) or not isinstance(state, dict):
-        raise JepaflowError(
+        raise CheckpointError(
             f"{path} declares format {JEPAFLOW_FORMAT!r} but lacks its 'recipe' or 'objective' entry",
             "the file is damaged or was not written by jepaflow's engine",
         )
+    where = f"{path} ('objective')"
+    if not all(isinstance(k, str) and (isinstance(v, Tensor) or k.endswith(EXTRA_STATE_SUFFIX))
+               for k, v in state.items()):
+        raise CheckpointError(f"{where} is not a state dict of tensors",
+                              "the file is damaged or was not written by jepaflow's engine")
+    check_finite(state, where)
     try:
         recipe = load_recipe(_without_init_checkpoints(recipe_dict))
     except JepaflowError as exc:
-        raise JepaflowError(
+        raise CheckpointError(
             f"the recipe stored in {path} cannot be rebuilt here: {exc.problem}",
             exc.fix or "install the plugins (and version) that trained it",
         ) from None
-    with torch.random.fork_rng(devices=[]):  # construction draws random init weights, soon overwritten
-        objective = build_objective(recipe)
-    load_state_dict_checked(objective, state, f"{path} ('objective')")
+    objective = build_for_state(lambda: build_objective(recipe), state, where)
     if which is None:
         return objective.representation_encoder()
     roles = objective.encoders()

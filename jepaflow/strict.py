@@ -7,6 +7,10 @@ conversions that lose nothing are kept, because YAML cannot write them otherwise
 * an int where a float is expected (``lr: 1`` is 1.0);
 * a YAML list where a tuple is expected (``target_scale: [0.15, 0.2]``; YAML has no tuples).
 
+Numbers are also finite (``.inf``/``.nan`` are refused in every float field, tuples and lists included:
+``allow_inf_nan=False``), and integers fit in 64 bits (``seed: 2**70`` would otherwise crash ``torch.manual_seed``
+at run time). Ranges are each field's own; the shared ones are annotated types in :mod:`jepaflow.fields`.
+
 Numbers in scientific notation without a dot (``1e-3``) are numbers: recipes and ``--set`` values are read with
 YAML 1.2's float syntax (``jepaflow.config.load_yaml_text``), where PyYAML's YAML 1.1 default would read a string.
 """
@@ -17,7 +21,9 @@ import types
 import typing
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _accepts_tuple(annotation: Any) -> bool:
@@ -33,7 +39,7 @@ def _accepts_tuple(annotation: Any) -> bool:
 class StrictModel(BaseModel):
     """Strict, frozen, ``extra="forbid"``; YAML lists become tuples for tuple fields (see the module docstring)."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -49,5 +55,14 @@ class StrictModel(BaseModel):
                 converted[key] = tuple(value)
         return converted if converted is not None else data
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _ints_fit_in_64_bits(cls, value: Any) -> Any:
+        items = value if isinstance(value, (list, tuple)) and len(value) <= 10_000 else [value]
+        for item in items:
+            if isinstance(item, int) and not isinstance(item, bool) and not INT64_MIN <= item <= INT64_MAX:
+                raise ValueError("the number does not fit in 64 bits")
+        return value
 
-__all__ = ["StrictModel"]
+
+__all__ = ["INT64_MAX", "INT64_MIN", "StrictModel"]

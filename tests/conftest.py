@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 # Two cores on the CI machine: keep each test process to one BLAS/OpenMP thread unless a test says otherwise.
 torch.set_num_threads(int(os.environ.get("JEPAFLOW_TEST_THREADS", "1")))
@@ -48,3 +50,16 @@ def tiny_recipe(tmp_path):
         return merge(r, patch or {})
 
     return make
+
+
+@pytest.fixture
+def recipe_file(tiny_recipe, tmp_path):
+    """A function writing the tiny recipe (deep-merged with a patch) to a YAML file; returns its path."""
+
+    def write(patch: dict | None = None, name: str = "recipe.yaml") -> Path:
+        raw = tiny_recipe(patch)
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        return path
+
+    return write

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from jepaflow.encoders.vit import VisionTransformerEncoder
 from jepaflow.errors import JepaflowError
-from jepaflow.hub import infer_vit_config, load_encoder
+from jepaflow.hub import infer_vit_config, load_encoder, strip_wrapper_prefixes
 
 # ----------------------------------------------------------------------------------------------------------------
 # An independent reference: the I-JEPA ViT written out from the paper / reference code's definition
@@ -289,8 +289,7 @@ def test_jepaflow_checkpoint_round_trip(tmp_path, tiny_recipe, images):
         "recipe": recipe.to_dict(),
         "objective": objective.state_dict(),
         "step": 10,
-        # an object the restricted unpickler refuses: jepaflow's own format may still be read in full
-        "rng": {"numpy": np.random.get_state()},
+        "rng": {"torch": torch.get_rng_state()},  # what the engine stores: weights_only-loadable
     }
     torch.save(ckpt, run / "checkpoints" / "last.pt")
     objective.eval()
@@ -326,3 +325,14 @@ def test_jepaflow_checkpoint_with_module_extra_state_loads(tmp_path, tiny_recipe
     objective.eval()
     with torch.no_grad():
         torch.testing.assert_close(load_encoder(run)(images), objective.target_encoder(images), atol=0, rtol=0)
+
+
+def test_strip_wrapper_prefixes_only_when_every_key_shares_them():
+    w = torch.zeros(1)
+    # DDP around torch.compile, and the other nesting: both layers go
+    assert strip_wrapper_prefixes({"module._orig_mod.a.weight": w, "module._orig_mod.b": w}) == {"a.weight": w, "b": w}
+    assert list(strip_wrapper_prefixes({"_orig_mod.module.a": w})) == ["a"]
+    # a submodule that happens to be called `module` is part of the model: nothing is renamed
+    mixed = {"module.proj.weight": w, "head.weight": w}
+    assert strip_wrapper_prefixes(mixed) == mixed
+    assert strip_wrapper_prefixes({}) == {}

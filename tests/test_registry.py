@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from jepaflow.errors import PluginError
 from jepaflow.registry import KINDS, Registry
@@ -53,16 +54,20 @@ class FakeEntryPoints:
         return [ep for ep in self.eps if ep.group == group]
 
 
-class MaskerA:
+class _NoFields(BaseModel):
     pass
+
+
+class MaskerA:
+    Config = _NoFields
 
 
 class MaskerB:
-    pass
+    Config = _NoFields
 
 
 class Encoder:
-    pass
+    Config = _NoFields
 
 
 def ep(kind: str, name: str, value: str, dist: str | None, **kw: Any) -> FakeEntryPoint:

@@ -92,15 +92,15 @@ def logreg_accuracy(xtr, ytr, xte, yte, classes: int, grid=(1e-5, 1e-4, 1e-3, 1e
     val = val.to(xtr.device)
     a, b = standardize(xtr[~val], xtr[val])
     scores = {}
-    for l2 in grid:
+    for l2 in grid if len(grid) > 1 else []:  # a single value needs no validation fit
         w = fit_logreg(a, ytr[~val], classes, l2)
         bb = torch.cat([b, torch.ones(len(b), 1, device=b.device)], 1)
         scores[l2] = float(((bb @ w).argmax(1) == ytr[val]).float().mean())
-    best = max(scores, key=lambda k: (scores[k], k))  # ties: the stronger penalty
+    best = max(scores, key=lambda k: (scores[k], k)) if scores else grid[0]  # ties: the stronger penalty
     tr, te = standardize(xtr, xte)
     w = fit_logreg(tr, ytr, classes, best)
     te1 = torch.cat([te, torch.ones(len(te), 1, device=te.device)], 1)
-    return {"acc": float(((te1 @ w).argmax(1) == yte).float().mean()), "l2": best, "val": scores[best]}
+    return {"acc": float(((te1 @ w).argmax(1) == yte).float().mean()), "l2": best, "val": scores.get(best)}
 
 
 @torch.no_grad()
@@ -128,7 +128,7 @@ def load_split(recipe_dict: dict, split: str, device) -> tuple[torch.Tensor, tor
 
 
 def screen_probe(run_dir: Path, device: str, data_cache: dict, roles=("target", "context"),
-                 grid=(1e-4, 1e-3, 1e-2)) -> dict[str, Any]:
+                 grid=(1e-4, 1e-3, 1e-2), layer_sets=("last", "last4"), linear_train: int | None = None) -> dict[str, Any]:
     import jepaflow
     from jepaflow.probes.knn import knn_accuracy
 
@@ -142,8 +142,12 @@ def screen_probe(run_dir: Path, device: str, data_cache: dict, roles=("target", 
     for role in roles:
         enc = jepaflow.load_encoder(run_dir, which=role, map_location=device)
         ftr, fte = encoder_features(enc, xtr), encoder_features(enc, xte)
-        for layers in ("last", "last4"):
-            out[f"{role}_{layers}_linear"] = logreg_accuracy(ftr[layers], ytr, fte[layers], yte, classes, grid)
+        sub = slice(None)
+        if linear_train is not None and linear_train < len(ytr):  # an evenly spaced subset (classes are mixed)
+            sub = torch.linspace(0, len(ytr) - 1, linear_train).long().to(ytr.device)
+        for layers in layer_sets:
+            out[f"{role}_{layers}_linear"] = logreg_accuracy(ftr[layers][sub], ytr[sub], fte[layers], yte, classes,
+                                                             grid)
         out[f"{role}_last_knn"] = knn_accuracy(ftr["last"], ytr, fte["last"], yte, k=20, temperature=0.07,
                                                num_classes=classes)
         out[f"{role}_last_rankme"] = rankme(fte["last"])
@@ -172,7 +176,8 @@ def run_variant(name: str, plan: dict, args, out_dir: Path) -> None:
             raise SystemExit(f"training {name} failed with exit code {rc}")
     t1 = time.time()
     device = "cuda" if args.device == "cuda" else "cpu"
-    res = screen_probe(run, device, {}, roles=args.roles, grid=tuple(args.grid))
+    res = screen_probe(run, device, {}, roles=args.roles, grid=tuple(args.grid), layer_sets=tuple(args.layers),
+                       linear_train=args.linear_train)
     summary = json.loads((run / "summary.json").read_text())
     res.update(train_minutes=round((t1 - t0) / 60, 2), probe_seconds=round(time.time() - t1, 1),
                last=summary.get("last", {}), overrides=overrides)
@@ -203,8 +208,8 @@ def step_flops(plan: dict, name: str, extra: list[str], batch: int = 32) -> floa
 def table(names: list[str], out_dir: Path, roles: list[str]) -> str:
     cols = [f"{r}_{layers}_linear" for r in roles for layers in ("last", "last4")]
     cols += [f"{r}_last_knn" for r in roles] + ["target_last_rankme" if "target" in roles else f"{roles[0]}_last_rankme"]
-    head = "| variant | " + " | ".join(c.replace("_", " ") for c in cols) + " | loss | train min |"
-    lines = [head, "|" + "---|" * (len(cols) + 3)]
+    head = "| variant | " + " | ".join(c.replace("_", " ") for c in cols) + " | loss | train RankMe | train min |"
+    lines = [head, "|" + "---|" * (len(cols) + 4)]
     for n in names:
         f = out_dir / n / "screen.json"
         if not f.exists():
@@ -220,8 +225,10 @@ def table(names: list[str], out_dir: Path, roles: list[str]) -> str:
                 cells.append(f"{v['acc'] * 100:.1f}")
             else:
                 cells.append(f"{v:.1f}" if c.endswith("rankme") else f"{v * 100:.1f}")
-        loss = res.get("last", {}).get("loss", math.nan)
-        lines.append(f"| {n} | " + " | ".join(cells) + f" | {loss:.4f} | {res.get('train_minutes', math.nan)} |")
+        last = res.get("last", {})
+        loss = last.get("pred_loss", last.get("loss", math.nan))
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {loss:.4f} | {last.get('rankme', math.nan):.1f} | "
+                     f"{res.get('train_minutes', math.nan)} |")
     return "\n".join(lines)
 
 
@@ -237,6 +244,8 @@ def main() -> None:
     p.add_argument("--deadline", type=float, default=None, help="seconds after which no new variant starts")
     p.add_argument("--roles", nargs="+", default=["target", "context"], help="encoders to probe")
     p.add_argument("--grid", nargs="+", type=float, default=[1e-4, 1e-3, 1e-2], help="L2 penalties tried")
+    p.add_argument("--layers", nargs="+", default=["last", "last4"], help="feature sets for the linear probe")
+    p.add_argument("--linear-train", type=int, default=None, help="train items for the linear probe (default all)")
     p.add_argument("--flops", action="store_true", help="only print each variant's training MFLOPs per image")
     p.add_argument("--table-only", action="store_true", help="only print the table of what is already probed")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)

@@ -8,6 +8,7 @@ Commands::
     jepaflow probe SOURCE [--data RECIPE] [--probe linear,knn,attentive,lowshot] [--layers last|last4] [--set ...]
     jepaflow plugins list
     jepaflow plugins show NAME [--kind KIND]
+    jepaflow export RUN_OR_CHECKPOINT --output DIR [--which ROLE] [--timm/--no-timm]
     jepaflow --version
 
 Every user error is a :class:`jepaflow.errors.JepaflowError`: it is printed as "error: <problem>" and
@@ -21,6 +22,7 @@ commands that need them, so that ``jepaflow --help`` and ``jepaflow plugins list
 
 from __future__ import annotations
 
+import errno
 import inspect
 import os
 import sys
@@ -32,7 +34,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from jepaflow import __version__
-from jepaflow.errors import JepaflowError, PluginError
+from jepaflow.cli.export import export as export_command
+from jepaflow.errors import JepaflowError, PluginError, clip
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -50,6 +53,7 @@ app = typer.Typer(
 )
 plugins_app = typer.Typer(help="Installed plugins (entry points), their status and their settings.", no_args_is_help=True)
 app.add_typer(plugins_app, name="plugins")
+app.command("export")(export_command)
 
 
 # ------------------------------------------------------------------------------------------------ output helpers
@@ -70,19 +74,34 @@ def _print_error(exc: JepaflowError) -> None:
 
     err = _console(stderr=True)
     problem = exc.problem if isinstance(exc.problem, str) else str(exc)
-    err.print(f"[bold red]error:[/] {escape(problem)}", soft_wrap=True)
+    # every message is bounded, whatever it echoes (messages cap their values; this is the last guard)
+    err.print(f"[bold red]error:[/] {escape(clip(problem, 6000))}", soft_wrap=True)
     if exc.fix:
-        err.print(f"  [yellow]fix:[/] {escape(exc.fix)}", soft_wrap=True)
+        err.print(f"  [yellow]fix:[/] {escape(clip(str(exc.fix), 1000))}", soft_wrap=True)
+
+
+#: errno values of a file system refusing a read or write: the environment, not a bug, so a message
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM,
+                             errno.ENAMETOOLONG, errno.EMFILE, errno.ENFILE, errno.EFBIG, errno.ESTALE})
 
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    """Turn a :class:`JepaflowError` into a message on stderr and its exit code (no traceback)."""
+    """Turn a :class:`JepaflowError` into a message on stderr and its exit code (no traceback); so too a file
+    system refusing a write mid-run (a full disk while writing metrics, a read-only remount)."""
     try:
         yield
     except JepaflowError as exc:
         _print_error(exc)
         raise typer.Exit(exc.exit_code) from None
+    except OSError as exc:
+        if exc.errno not in _STORAGE_ERRNOS:
+            raise
+        where = f" {clip(str(exc.filename), 300)}" if exc.filename else ""
+        _print_error(JepaflowError(f"the file system refused to read or write{where}: {exc.strerror or exc}",
+                                   "free space or fix the permissions (checkpoints are written atomically: the "
+                                   "last one is intact), then continue with --resume"))
+        raise typer.Exit(2) from None
 
 
 def _fmt_count(n: int) -> str:
@@ -151,12 +170,16 @@ def run(
     recipe: RecipeArg,
     overrides: SetOpt = None,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="run folder (default: the recipe's output_dir)")
+        str | None, typer.Option("--output", "-o", help="run folder (default: the recipe's output_dir)")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue from the run folder's last checkpoint")] = False,
 ) -> None:
     """Train a recipe."""
     with _user_errors():
+        if output is not None:
+            from jepaflow.outputs import check_output_dir
+
+            check_output_dir(output, "--output run folder")
         r = _load(recipe, overrides)
         from jepaflow.engine.trainer import train
 
@@ -208,7 +231,7 @@ def validate(recipe: RecipeArg, overrides: SetOpt = None) -> None:
             with torch.device("meta"):
                 objective = build_objective(r)
                 encoder = build_encoder(r) if "encoder" in r.components else None
-        except (NotImplementedError, RuntimeError) as exc:
+        except (NotImplementedError, RuntimeError, PluginError) as exc:
             # A plugin whose constructor reads tensor values (e.g. `.item()`) cannot be built on `meta`:
             # count on the CPU instead, slower but exact.
             _console(stderr=True).print(f"note: meta-device build failed ({type(exc).__name__}); building on CPU")
@@ -296,9 +319,7 @@ def _parameter_table(objective: Any) -> Any:
 @app.command()
 def masks(
     recipe: RecipeArg,
-    output: Annotated[Path, typer.Option("--output", "-o", help="PNG to write (images with their masks)")] = Path(
-        "masks.png"
-    ),
+    output: Annotated[str, typer.Option("--output", "-o", help="PNG to write (images with their masks)")] = "masks.png",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="masks per batch")] = 64,
     batches: Annotated[int, typer.Option("--batches", min=1, help="batches sampled for the statistics")] = 4,
     max_images: Annotated[int, typer.Option("--max-images", min=1, help="images drawn in the PNG")] = 8,
@@ -306,6 +327,9 @@ def masks(
 ) -> None:
     """Sample the recipe's masks, print their statistics and draw them over images of its data set."""
     with _user_errors():
+        from jepaflow.outputs import check_output_file
+
+        output_file = check_output_file(output, (".png",), "--output")
         r = _load(recipe, overrides)
         if "masker" not in r.components:
             raise JepaflowError(f"the recipe {str(recipe)!r} has no masker section", "add `masker: {name: ...}`")
@@ -328,7 +352,10 @@ def masks(
 
         label = plugin_label(masker, "masker", r.components["masker"].name)
         gen = torch.Generator().manual_seed(r.seed)
-        sampled = [masker(batch_size, grid, gen) for _ in range(batches)]
+        from jepaflow.engine.faults import plugin_errors
+
+        with plugin_errors("masker", masker, f"sampling masks on the {grid[0]}x{grid[1]} patch grid"):
+            sampled = [masker(batch_size, grid, gen) for _ in range(batches)]
         for mb in sampled:  # every drawn batch keeps the contract, or the statistics would mislead
             check_mask_batch(mb, grid, batch_size, label, bool(getattr(masker, "allows_overlap", False)))
         stats = mask_statistics(sampled, grid)  # pooled image by image over the batches
@@ -338,11 +365,19 @@ def masks(
         if n_img == 0:
             raise JepaflowError("the recipe's data set is empty", "check the data section of the recipe")
         images = torch.stack([dataset[i][0] for i in range(n_img)])
-        output.parent.mkdir(parents=True, exist_ok=True)
-        render_masks(images, sampled[0], grid, encoder.patch_size, output, max_images=n_img)
+        try:
+            output_file.parent.mkdir(parents=True, exist_ok=True)
+            render_masks(images, sampled[0], grid, encoder.patch_size, output_file, max_images=n_img)
+        except OSError as exc:
+            from jepaflow.errors import OutputPathError
+
+            raise OutputPathError(f"could not write {clip(str(output_file), 300)}: {exc.strerror or exc}",
+                                  "free space or choose another --output") from None
 
     _print_mask_stats(stats, r.components["masker"].name, grid, batch_size * batches)
-    _console().print(f"wrote {output}")
+    from rich.markup import escape
+
+    _console().print(f"wrote {escape(str(output_file))}")
 
 
 def _print_mask_stats(stats: dict[str, Any], masker_name: str, grid: tuple[int, int], n: int) -> None:
@@ -371,6 +406,8 @@ app.command("probe", help=PROBE_HELP)(probe)
 def _status_text(info: PluginInfo) -> str:
     from rich.markup import escape
 
+    if info.disabled is not None:
+        return f"[yellow]disabled[/]: {escape(info.disabled)}"
     if info.collides_with:
         others = ", ".join(f"{o.package} {o.version} ({o.target})" for o in info.collides_with)
         return f"[bold red]name collision[/]: {escape(info.package)} ({escape(info.target)}) and {escape(others)}"
@@ -389,7 +426,7 @@ def plugins_list() -> None:
 
     from jepaflow.registry import default_registry
 
-    infos = default_registry().infos(load=True)
+    infos = default_registry().infos(load=True, disabled=True)
     table = Table(title="jepaflow plugins")
     for col in ("kind", "name", "package", "version", "status"):
         table.add_column(col, overflow="fold")
@@ -457,17 +494,45 @@ def _show_one(out: Console, reg: Any, info: PluginInfo) -> None:
     for col in ("field", "type", "default", "description"):
         table.add_column(col, overflow="fold")
     for fname, finfo in fields.items():
-        cells = (fname, _type_name(finfo.annotation), _default_text(finfo), finfo.description or "")
+        cells = (fname, _type_name(finfo.annotation, finfo.metadata), _default_text(finfo), finfo.description or "")
         table.add_row(*(escape(c) for c in cells))  # "tuple[float, float]" is not rich markup
     out.print(table)
 
 
-def _type_name(annotation: Any) -> str:
+def _type_name(annotation: Any, metadata: list[Any] | None = None) -> str:
+    """A field's type as a reader wants it: ``int ≥ 1, ≤ 8192``, ``float > 0, ≤ 64 | None``."""
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        return _type_name(args[0], [*_constraints_of(args[1:]), *(metadata or [])])
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)) and args:
+        inner = [a for a in args if a is not type(None)]
+        text = " | ".join(_type_name(a, metadata) for a in inner)
+        return text + (" | None" if len(inner) < len(args) else "")
     if annotation is None or annotation is type(None):
         return "None"
-    if isinstance(annotation, type) and not getattr(annotation, "__args__", None):
-        return annotation.__name__
+    if isinstance(annotation, type) and not args:
+        bounds: dict[str, str] = {}  # the field's own constraint (listed last) overrides its type's
+        for m in metadata or []:
+            for attr, sym, side in (("ge", "≥", "low"), ("gt", ">", "low"), ("le", "≤", "high"), ("lt", "<", "high")):
+                if getattr(m, attr, None) is not None:
+                    bounds[side] = f"{sym} {getattr(m, attr)}"
+        shown = [bounds[s] for s in ("low", "high") if s in bounds]
+        return annotation.__name__ + (" " + ", ".join(shown) if shown else "")
+    if origin in (list, tuple) and args:
+        items = ", ".join("..." if a is Ellipsis else _type_name(a, metadata if a is not Ellipsis else None)
+                          for a in args)
+        return f"{origin.__name__}[{items}]"
     return str(annotation).replace("typing.", "")
+
+
+def _constraints_of(items: Any) -> list[Any]:
+    """The ge/gt/le/lt constraints among ``Annotated`` extras (a pydantic ``FieldInfo`` or annotated-types)."""
+    out: list[Any] = []
+    for item in items:
+        out += list(getattr(item, "metadata", None) or [item])
+    return out
 
 
 def _default_text(finfo: Any) -> str:

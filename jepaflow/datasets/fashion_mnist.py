@@ -18,6 +18,7 @@ from pydantic import Field
 from jepaflow.datasets.base import ImageDataset
 from jepaflow.datasets.transforms import ImageDataConfig, resize_stack
 from jepaflow.errors import DataError
+from jepaflow.fields import ImageSize
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -100,11 +101,11 @@ class FashionMNISTDataset(ImageDataset):
 
     class Config(ImageDataConfig):
         root: str = Field(DEFAULT_ROOT, description="folder with the four IDX files (.gz or raw)")
-        image_size: int = Field(28, ge=1, description="side of the images (28 native; e.g. 32, bilinear)")
+        image_size: ImageSize = Field(28, description="side of the images (28 native; e.g. 32, bilinear)")
         channels: int = Field(1, description="1 (native), or 3 to repeat the grey channel")
         mean: tuple[float, ...] = Field((0.2860,), description="normalization mean (train pixels)")
         std: tuple[float, ...] = Field((0.3530,), description="normalization std (train pixels)")
-        limit: int | None = Field(None, ge=1, description="use only the first N items of the split (quick runs)")
+        limit: int | None = Field(None, ge=1, le=2**40, description="use only the first N items of the split (quick runs)")
 
     num_classes = len(CLASSES)
     classes = CLASSES

@@ -16,6 +16,7 @@ from pydantic import Field
 
 from jepaflow.datasets.base import ImageDataset
 from jepaflow.datasets.transforms import ImageDataConfig
+from jepaflow.fields import ImageSize
 
 #: class index -> shape; the first ``num_classes`` are used
 SHAPES: tuple[str, ...] = ("disc", "square", "triangle", "cross", "ring", "diamond", "stripes", "frame")
@@ -84,9 +85,9 @@ class SyntheticShapesDataset(ImageDataset):
     ``i % num_classes``; its image is generated on the fly, deterministically from ``(seed, split, i)``."""
 
     class Config(ImageDataConfig):
-        num_train: int = Field(2048, ge=1, description="images in the train split")
-        num_test: int = Field(512, ge=1, description="images in the test split")
-        image_size: int = Field(32, ge=8, description="side of the square images")
+        num_train: int = Field(2048, ge=1, le=2**40, description="images in the train split")
+        num_test: int = Field(512, ge=1, le=2**40, description="images in the test split")
+        image_size: ImageSize = Field(32, ge=8, description="side of the square images")
         channels: int = Field(3, description="3: colour shapes, 1: grey")
         num_classes: int = Field(4, ge=2, le=len(SHAPES), description=f"shapes used: the first N of {SHAPES}")
         seed: int = Field(0, ge=0, description="seed of the generated images (train and test differ)")

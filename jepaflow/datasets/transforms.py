@@ -21,6 +21,7 @@ from torch import Tensor
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from jepaflow.fields import ImageSize
 from jepaflow.interfaces import PluginConfig
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -175,14 +176,14 @@ class ImageDataConfig(PluginConfig):
     encoder's ``img_size`` / ``in_chans``.
     """
 
-    image_size: int = Field(224, ge=1, description="side of the square images fed to the encoder")
+    image_size: ImageSize = Field(224, description="side of the square images fed to the encoder")
     channels: int = Field(3, description="image channels fed to the encoder (1: grey, 3: RGB)")
     mean: tuple[float, ...] = Field(IMAGENET_MEAN, description="per-channel normalization mean (1 value or C)")
     std: tuple[float, ...] = Field(IMAGENET_STD, description="per-channel normalization std (1 value or C)")
     crop_scale: tuple[float, float] = Field((0.3, 1.0), description="RandomResizedCrop area range (pretraining)")
     horizontal_flip: bool = Field(False, description="random horizontal flip when pretraining (off in I-JEPA)")
     color_jitter: float = Field(
-        0.0, ge=0, description="colour distortion strength when pretraining, 0 = off (off in I-JEPA); RGB only"
+        0.0, ge=0, le=2.5, description="colour distortion strength when pretraining, 0 = off (off in I-JEPA); RGB only"
     )
 
     @model_validator(mode="after")
@@ -193,8 +194,11 @@ class ImageDataConfig(PluginConfig):
             n = len(getattr(self, name))
             if n not in (1, self.channels):
                 raise ValueError(f"{name} has {n} values; give 1 or {self.channels} (one per channel)")
-        if any(s <= 0 for s in self.std):
-            raise ValueError("std values must be > 0")
+        if not all(0 <= m <= 1 for m in self.mean):
+            raise ValueError(f"mean values must be in [0, 1]: pixels are scaled to [0, 1] before normalizing "
+                             f"(got {self.mean})")
+        if not all(1e-3 <= s <= 10 for s in self.std):
+            raise ValueError(f"std values must be in [0.001, 10] (got {self.std})")
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1 (got {self.crop_scale})")

@@ -25,6 +25,7 @@ from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from jepaflow.errors import JepaflowError
+from jepaflow.fields import ImageSize
 from jepaflow.interfaces import Encoder, PluginConfig
 
 #: ``timm.create_model`` arguments this plugin sets itself; ``model_kwargs`` may not override them.
@@ -104,9 +105,9 @@ class TimmCNNEncoder(Encoder):
 
     class Config(PluginConfig):
         model_name: str = Field("resnet50", description="timm CNN name (resnet18, resnet50, convnext_tiny, ...)")
-        img_size: int = Field(224, ge=1, description="side of the (square) training images in pixels (sets "
+        img_size: ImageSize = Field(224, description="side of the (square) training images in pixels (sets "
                               "grid_size; a CNN accepts other sizes too)")
-        in_chans: int = Field(3, ge=1, description="image channels")
+        in_chans: int = Field(3, ge=1, le=64, description="image channels")
         checkpoint: str | None = Field(
             None, description="local file of timm weights to start from (nothing is ever downloaded)"
         )
@@ -142,8 +143,8 @@ class TimmCNNEncoder(Encoder):
             self.patch_size = max(1, config.img_size // max(h, w))
 
     def _load_checkpoint(self, path: Path) -> None:
+        from jepaflow.checkpoints import load_state_dict_checked
         from jepaflow.encoders.timm_vit import read_timm_state_dict
-        from jepaflow.hub import load_state_dict_checked
 
         state = read_timm_state_dict(path)
         # The classifier (timm's pretrained_cfg names it: "fc" for ResNets) is not part of this encoder.

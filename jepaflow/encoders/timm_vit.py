@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import timm
-import torch
 from pydantic import Field, field_validator
+from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from jepaflow.errors import JepaflowError
+from jepaflow.fields import DropRate, ImageSize
 from jepaflow.interfaces import Encoder, PluginConfig
-from jepaflow.layers.pos_embed import resize_pos_embed
 from jepaflow.layers.transformer import encode_tokens, last_block_outputs
 
 #: constructor arguments this plugin sets itself; ``model_kwargs`` may not override them.
@@ -75,29 +75,11 @@ def build_timm_vit(
 
 def read_timm_state_dict(path: Path) -> dict[str, Tensor]:
     """Tensors of a local timm weight file (``.safetensors`` or a ``torch.save`` file; ``state_dict``/``model``
-    wrappers and ``module.`` prefixes removed), read without executing pickled code."""
-    from jepaflow.hub import strip_wrapper_prefixes
+    wrappers and ``module.`` prefixes removed), read by :func:`jepaflow.checkpoints.read_state_dict`: never
+    executing pickled code, refusing non-finite weights."""
+    from jepaflow.checkpoints import read_state_dict
 
-    if not path.is_file():
-        raise JepaflowError(f"no timm weight file at {path}", "check encoder.checkpoint (a local file)")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise JepaflowError(
-            f"cannot read {path} as timm weights ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
-            "pass a .safetensors file or a torch.save'd state dict",
-        ) from None
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict):
-        raise JepaflowError(f"{path} does not hold a state dict", "pass timm weights (a dict of tensors)")
-    return strip_wrapper_prefixes(dict(state))
+    return read_state_dict(path, what="timm weight file (encoder.checkpoint)")
 
 
 def adapt_timm_state_dict(state: dict[str, Tensor], model: VisionTransformer) -> dict[str, Tensor]:
@@ -105,7 +87,8 @@ def adapt_timm_state_dict(state: dict[str, Tensor], model: VisionTransformer) ->
 
     The classifier (``head``, ``fc_norm``, ``attn_pool``) is dropped; so are the class and register tokens and,
     when the checkpoint's position table has rows for them (timm's ``no_embed_class=False`` layout), those
-    rows. A position table for another grid is resized bicubically (timm's ``resample_abs_pos_embed`` rule).
+    rows. A position table for another grid is resized by timm's ``resample_abs_pos_embed`` with its defaults
+    (bicubic, antialiased), so the table equals the one timm itself loads into a model of this grid.
     """
     out = {k: v for k, v in state.items() if not k.startswith(("head.", "fc_norm.", "attn_pool."))}
     n_prefix = 0
@@ -120,7 +103,9 @@ def adapt_timm_state_dict(state: dict[str, Tensor], model: VisionTransformer) ->
         old = int(round(pos.shape[1] ** 0.5))
         if old * old != pos.shape[1]:
             raise JepaflowError(f"the checkpoint's pos_embed ({pos.shape[1]} rows) is not a square grid")
-        out["pos_embed"] = resize_pos_embed(pos, (old, old), tuple(model.patch_embed.grid_size))
+        out["pos_embed"] = resample_abs_pos_embed(
+            pos, new_size=list(model.patch_embed.grid_size), old_size=[old, old], num_prefix_tokens=0
+        )
     return out
 
 
@@ -137,12 +122,12 @@ class TimmViTEncoder(Encoder):
         model_name: str = Field(
             "vit_base_patch16_224", description="timm model name (a VisionTransformer: vit_*, deit3_*, ...)"
         )
-        img_size: int = Field(224, ge=1, description="side of the (square) training images in pixels")
-        in_chans: int = Field(3, ge=1, description="image channels")
+        img_size: ImageSize = Field(224, description="side of the (square) training images in pixels")
+        in_chans: int = Field(3, ge=1, le=64, description="image channels")
         checkpoint: str | None = Field(
             None, description="local file of timm weights to start from (nothing is ever downloaded)"
         )
-        drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth of the last block")
+        drop_path_rate: DropRate = Field(0.0, description="stochastic depth of the last block")
         model_kwargs: dict[str, Any] = Field(
             default_factory=dict,
             description="extra timm.create_model arguments (patch_size, embed_dim, depth, num_heads, ...)",
@@ -173,7 +158,7 @@ class TimmViTEncoder(Encoder):
         self.depth = len(self.model.blocks)
         self.num_heads = int(getattr(self.model.blocks[0].attn, "num_heads", 0)) or None
         if config.checkpoint is not None:
-            from jepaflow.hub import load_state_dict_checked
+            from jepaflow.checkpoints import load_state_dict_checked
 
             path = Path(config.checkpoint).expanduser()
             state = adapt_timm_state_dict(read_timm_state_dict(path), self.model)
@@ -198,7 +183,11 @@ class TimmViTEncoder(Encoder):
         Returns:
             ``(B, K, D)`` (``(B, N, D)`` without ``keep``), after the final norm.
         """
-        return encode_tokens(self.embed_patches(images), self.model.blocks, self.model.norm, keep, keep_valid)
+        return encode_tokens(self.embed_patches(images), self.model.blocks, self.model.norm, keep, keep_valid,
+                             checkpoint=self.grad_checkpointing)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
 
     def forward_layers(self, images: Tensor, layers: int) -> list[Tensor]:
         """Outputs ``(B, N, D)`` of the last ``layers`` blocks, oldest first, before the final norm."""

@@ -3,9 +3,8 @@
 I-JEPA (Assran et al., CVPR 2023) encodes images with a plain pre-norm ViT (Dosovitskiy et al. 2021) without a
 class token; reference code ``src/models/vision_transformer.py:VisionTransformer`` in facebookresearch/ijepa.
 This module keeps the reference parameter names one to one, so an official checkpoint's ``encoder`` or
-``target_encoder`` state dict loads with ``strict=True``. The transformer blocks are timm's, whose attention
-runs through ``F.scaled_dot_product_attention`` (fused kernels) and accepts a boolean mask, which is how
-padded context indices are kept out of attention.
+``target_encoder`` state dict loads with ``strict=True``. The patch embedding is timm's ``PatchEmbed`` and the
+blocks come from :mod:`jepaflow.layers.transformer` (timm blocks, the reference's norm and initialization).
 """
 
 from __future__ import annotations
@@ -14,12 +13,19 @@ from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
-from timm.models.vision_transformer import Block
-from torch import Tensor, nn
+from timm.layers import PatchEmbed
+from torch import Tensor
 
+from jepaflow.fields import Blocks, DropRate, Heads, ImageSize, InitStd, MlpRatio, Width
 from jepaflow.interfaces import Encoder, PluginConfig
 from jepaflow.layers.pos_embed import sincos_pos_embed_2d
-from jepaflow.layers.transformer import encode_tokens, key_padding_attn_mask, last_block_outputs
+from jepaflow.layers.transformer import (
+    encode_tokens,
+    init_reference_weights,
+    last_block_outputs,
+    layer_norm,
+    make_blocks,
+)
 
 #: size -> (embed_dim, depth, num_heads, mlp_ratio), as the reference's ``vit_tiny`` ... ``vit_giant``.
 VIT_SIZES: dict[str, tuple[int, int, int, float]] = {
@@ -30,83 +36,6 @@ VIT_SIZES: dict[str, tuple[int, int, int, float]] = {
     "huge": (1280, 32, 16, 4.0),
     "giant": (1408, 40, 16, 48 / 11),
 }
-
-#: LayerNorm epsilon of every norm in the reference models (``partial(nn.LayerNorm, eps=1e-6)``).
-LN_EPS = 1e-6
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Pure helpers shared with the predictor
-# ------------------------------------------------------------------------------------------------------------
-
-
-def make_blocks(
-    dim: int, depth: int, num_heads: int, mlp_ratio: float, drop_path_rate: float
-) -> nn.ModuleList:
-    """``depth`` pre-norm transformer blocks as in the reference ``Block`` (qkv bias, GELU, LayerNorm
-    eps 1e-6), the stochastic-depth rate growing linearly from 0 to ``drop_path_rate`` (reference ``dpr``).
-    timm's parameter names (``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``)
-    coincide with the reference's."""
-    # plain Python (not torch.linspace) so that building under a `torch.device("meta")` context works
-    rates = [drop_path_rate * i / (depth - 1) for i in range(depth)] if depth > 1 else [0.0] * depth
-    return nn.ModuleList(
-        Block(
-            dim=dim,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            qkv_bias=True,
-            drop_path=rate,
-            act_layer=nn.GELU,
-            norm_layer=layer_norm,
-        )
-        for rate in rates
-    )
-
-
-def layer_norm(dim: int, **kwargs) -> nn.LayerNorm:
-    """The reference's norm layer, ``partial(nn.LayerNorm, eps=1e-6)``."""
-    return nn.LayerNorm(dim, eps=LN_EPS, **kwargs)
-
-
-def init_reference_weights(module: nn.Module, std: float) -> None:
-    """The *effective* initialization of the reference models.
-
-    The reference ``VisionTransformer`` / ``VisionTransformerPredictor`` constructors draw every Linear and
-    the patch Conv2d from trunc_normal(std) (bias 0) and then divide ``attn.proj`` and ``mlp.fc2`` of block
-    ``i`` by ``sqrt(2 (i + 1))`` (``fix_init_weight``). But ``src/helper.py:init_model`` then re-initializes
-    every Linear with trunc_normal(0.02), bias 0, and every LayerNorm to 1/0, which undoes that depth
-    rescale. The models trained by the reference therefore start from: Linear trunc_normal(std) / bias 0 (no
-    depth rescale), Conv2d trunc_normal(std) / bias 0, LayerNorm weight 1 / bias 0. That is what this
-    reproduces (the reference re-init hard-codes 0.02 for Linear layers; here ``std`` is used throughout,
-    0.02 by default). The truncation bounds are +-2 in absolute value, as in the reference ``trunc_normal_``
-    (and torch's).
-    """
-    for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
-            nn.init.trunc_normal_(m.weight, std=std)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Modules
-# ------------------------------------------------------------------------------------------------------------
-
-
-class PatchEmbed(nn.Module):
-    """Non-overlapping patches -> tokens: ``(B, C, H, W) -> (B, (H/p) * (W/p), D)``, row-major over the grid.
-    Reference: ``PatchEmbed`` (its only parameters are ``proj.weight``/``proj.bias``)."""
-
-    def __init__(self, patch_size: int, in_chans: int, embed_dim: int):
-        super().__init__()
-        self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.proj(images).flatten(2).transpose(1, 2)
 
 
 class VisionTransformerEncoder(Encoder):
@@ -123,15 +52,15 @@ class VisionTransformerEncoder(Encoder):
         size: Literal["tiny", "small", "base", "large", "huge", "giant"] = Field(
             "base", description="reference ViT size (tiny/small/base/large/huge/giant)"
         )
-        patch_size: int = Field(16, ge=1, description="patch side in pixels")
-        img_size: int = Field(224, ge=1, description="side of the (square) training images in pixels")
-        in_chans: int = Field(3, ge=1, description="image channels")
-        embed_dim: int | None = Field(None, ge=4, description="override the size's width (e.g. for CPU runs)")
-        depth: int | None = Field(None, ge=1, description="override the size's number of blocks")
-        num_heads: int | None = Field(None, ge=1, description="override the size's attention heads")
-        mlp_ratio: float | None = Field(None, gt=0, description="override the size's MLP hidden/width ratio")
-        drop_path_rate: float = Field(0.0, ge=0, lt=1, description="stochastic depth of the last block")
-        init_std: float = Field(0.02, gt=0, description="std of the truncated-normal weight init")
+        patch_size: int = Field(16, ge=1, le=1024, description="patch side in pixels")
+        img_size: ImageSize = Field(224, description="side of the (square) training images in pixels")
+        in_chans: int = Field(3, ge=1, le=64, description="image channels")
+        embed_dim: Width | None = Field(None, ge=4, description="override the size's width (e.g. for CPU runs)")
+        depth: Blocks | None = Field(None, description="override the size's number of blocks")
+        num_heads: Heads | None = Field(None, description="override the size's attention heads")
+        mlp_ratio: MlpRatio | None = Field(None, description="override the size's MLP hidden/width ratio")
+        drop_path_rate: DropRate = Field(0.0, description="stochastic depth of the last block")
+        init_std: InitStd = Field(0.02, description="std of the truncated-normal weight init")
 
         def dims(self) -> tuple[int, int, int, float]:
             """``(embed_dim, depth, num_heads, mlp_ratio)``: the size's values with the overrides applied."""
@@ -173,7 +102,11 @@ class VisionTransformerEncoder(Encoder):
         side = config.img_size // config.patch_size
         self.grid_size = (side, side)
 
-        self.patch_embed = PatchEmbed(config.patch_size, config.in_chans, dim)
+        # timm's PatchEmbed: its only parameters are proj.weight/proj.bias, the reference's names. img_size=None:
+        # any input divisible by the patch size is accepted (checked in embed_patches).
+        self.patch_embed = PatchEmbed(
+            img_size=None, patch_size=config.patch_size, in_chans=config.in_chans, embed_dim=dim
+        )
         # A buffer, not a frozen Parameter as in the reference: same state-dict key, but optimizers and
         # weight-decay groups never see it.
         self.register_buffer(
@@ -223,7 +156,11 @@ class VisionTransformerEncoder(Encoder):
         Returns:
             ``(B, K, D)`` (``(B, N, D)`` without ``keep``), after the final LayerNorm.
         """
-        return encode_tokens(self.embed_patches(images), self.blocks, self.norm, keep, keep_valid)
+        return encode_tokens(self.embed_patches(images), self.blocks, self.norm, keep, keep_valid,
+                             checkpoint=self.grad_checkpointing)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
 
     def forward_layers(self, images: Tensor, layers: int) -> list[Tensor]:
         """Outputs ``(B, N, D)`` of the last ``layers`` blocks, oldest first, before the final norm."""
@@ -302,12 +239,7 @@ def vit_giant(**overrides) -> VisionTransformerEncoder:
 
 __all__ = [
     "VIT_SIZES",
-    "PatchEmbed",
     "VisionTransformerEncoder",
-    "init_reference_weights",
-    "key_padding_attn_mask",
-    "layer_norm",
-    "make_blocks",
     "vit_base",
     "vit_giant",
     "vit_huge",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from jepaflow.config import Recipe
-from jepaflow.errors import JepaflowError
+from jepaflow.errors import JepaflowError, PluginError, clip
 from jepaflow.interfaces import Dataset, Encoder, Masker, Objective, TargetUpdater, ViewSampler
 
 
@@ -18,11 +18,21 @@ def _construct(recipe: Recipe, section: str, **context: Any) -> Any:
     comp = recipe.components[section]
     try:
         return comp.cls(comp.config, **context)
+    except JepaflowError:
+        raise
     except (ValueError, TypeError) as exc:
         raise JepaflowError(
-            f"{section} plugin {comp.name!r} could not be built: {exc}",
+            f"{section} plugin {comp.name!r} could not be built: {clip(str(exc), 500)}",
             f"adjust the {section} section of the recipe (`jepaflow plugins show {comp.name}` lists its fields)",
-        ) from exc
+        ) from None
+    except Exception as exc:  # any other failure of a plugin's constructor: name the plugin and its package
+        module = getattr(comp.cls, "__module__", "?")
+        raise PluginError(
+            f"{section} plugin {comp.name!r} ({comp.cls.__name__} in {module}) failed while being built: "
+            f"{type(exc).__name__}: {clip(str(exc), 500)}",
+            f"check the {section} section of the recipe; if it is right, the plugin has a bug: report it to its "
+            "package's authors",
+        ) from None
 
 
 def build_encoder(recipe: Recipe) -> Encoder:

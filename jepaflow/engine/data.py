@@ -100,7 +100,10 @@ class MaskingCollator:
         masks = None
         if self.masker is not None:
             g = torch.Generator().manual_seed(mix_seed(self.seed, 2, step, slot))
-            masks = self.masker(len(items), self.grid_size, g)
+            from jepaflow.engine.faults import plugin_errors
+
+            with plugin_errors("masker", self.masker, f"sampling the masks of step {step}"):
+                masks = self.masker(len(items), self.grid_size, g)
         skipped = sum(it[4] for it in items)
         return Batch(images=images, labels=labels, masks=masks, views=views,
                      extras={"skipped_images": skipped} if skipped else {})

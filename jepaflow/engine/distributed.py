@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -21,8 +22,11 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device_pref: str = "auto") -> DistInfo:
-    """Initialize from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); a plain run is world size 1."""
+def init_distributed(device_pref: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
+    """Initialize from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); a plain run is world size 1.
+
+    ``timeout_s`` bounds every collective: a process that waits longer for the others (one of them hangs, or
+    its node vanished without closing its connections) raises instead of waiting forever."""
     use_cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda")
     if device_pref == "cuda" and not torch.cuda.is_available():
         from jepaflow.errors import JepaflowError
@@ -37,7 +41,7 @@ def init_distributed(device_pref: str = "auto") -> DistInfo:
     else:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timedelta(seconds=timeout_s))
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
 
 

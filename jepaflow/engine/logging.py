@@ -22,8 +22,12 @@ class MetricsWriter:
     def __init__(self, path: Path, resume_step: int | None = None):
         self.path = path
         if resume_step is not None and path.exists():
-            kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
-            path.write_text("".join(ln + "\n" for ln in kept))
+            records, dropped = parse_metrics(path.read_text(errors="replace"))
+            if dropped:  # a crash mid-write leaves a torn last line
+                print(f"jepaflow: note: dropped {dropped} unreadable line(s) of {path} (a write cut short by the "
+                      "interruption)", flush=True)
+            kept = [r for r in records if isinstance(r.get("step", 0), (int, float)) and r.get("step", 0) <= resume_step]
+            path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self._f = open(path, "a", buffering=1)
 
     def write(self, record: dict[str, Any]) -> None:
@@ -33,8 +37,27 @@ class MetricsWriter:
         self._f.close()
 
 
+def parse_metrics(text: str) -> tuple[list[dict[str, Any]], int]:
+    """``(records, dropped)``: the JSON objects of a metrics.jsonl text, and how many lines were not one."""
+    records, dropped = [], 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            dropped += 1
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            dropped += 1
+    return records, dropped
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+    """The records of a metrics.jsonl file; lines that are not JSON objects (a torn last line) are skipped."""
+    return parse_metrics(Path(path).read_text(errors="replace"))[0]
 
 
 def _git_commit() -> str | None:

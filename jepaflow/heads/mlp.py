@@ -16,6 +16,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
+from jepaflow.fields import Width
 from jepaflow.interfaces import Head, PluginConfig
 
 
@@ -58,12 +59,12 @@ class MLPHead(Head):
     """
 
     class Config(PluginConfig):
-        hidden_dims: list[int] = Field(
-            default_factory=lambda: [2048],
+        hidden_dims: list[Width] = Field(
+            default_factory=lambda: [2048], max_length=64,
             description="widths of the hidden layers, in order ([] for a single Linear); SimCLR [2048], "
             "BYOL [4096], VICReg [8192, 8192]",
         )
-        out_dim: int = Field(128, ge=1, description="output width (SimCLR 128, BYOL 256, VICReg 8192)")
+        out_dim: Width = Field(128, description="output width (SimCLR 128, BYOL 256, VICReg 8192)")
         batch_norm: bool = Field(
             True, description="BatchNorm1d after each hidden Linear, before the ReLU (SimCLR, BYOL, VICReg)"
         )

@@ -3,13 +3,14 @@
 ``all_gather_with_grad`` is the gather that contrastive and variance/covariance losses need when training on
 several processes: every rank sees the embeddings of all ranks, and the gradient of its loss with respect to
 another rank's embeddings is sent back to that rank. It is the "FullGatherLayer" of facebookresearch/vicreg
-(``main_vicreg.py``) and the ``tpu_cross_replica_concat`` of google-research/simclr (``tf2/objective.py``),
-written as a ``torch.autograd.Function``. On one process (or without ``torch.distributed``) every function is
-the identity, so single-process code pays nothing.
+(``main_vicreg.py``) and the ``tpu_cross_replica_concat`` of google-research/simclr (``tf2/objective.py``); the
+differentiable collective is torch's ``torch.distributed.nn.functional.all_gather`` (a reduce-scatter of the
+gradients on NCCL, an all-to-all on gloo). On one process (or without ``torch.distributed``) every function is the
+identity, so single-process code pays nothing.
 
-Gradient convention: backward sums the incoming gradients over ranks (all-reduce) and returns this rank's slice,
-i.e. ``d(sum_r loss_r) / d x_rank``. DDP then averages parameter gradients over ranks, so the parameters receive
-the gradient of the mean of the per-rank losses -- the same as one process computing the loss on the global batch
+Gradient convention: backward sums the incoming gradients over ranks and returns this rank's slice, i.e.
+``d(sum_r loss_r) / d x_rank``. DDP then averages parameter gradients over ranks, so the parameters receive the
+gradient of the mean of the per-rank losses -- the same as one process computing the loss on the global batch
 when each rank's loss is a mean over its own anchors.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 from torch import Tensor
 
 
@@ -35,30 +37,6 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
-def _gather(x: Tensor) -> Tensor:
-    # The list form of all_gather works on every backend (gloo included); concatenation order = rank order.
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x)
-    return torch.cat(parts, dim=0)
-
-
-class _AllGatherWithGrad(torch.autograd.Function):
-    """Forward: ``(B, ...) -> (world*B, ...)``, rank order. Backward: all-reduce (sum) of the incoming gradient,
-    this rank's ``B`` rows returned."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.batch = x.shape[0]
-        return _gather(x.contiguous())
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        grad = grad.contiguous().clone()  # all_reduce is in place; autograd's buffer must stay untouched
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        start = dist.get_rank() * ctx.batch
-        return grad[start : start + ctx.batch]
-
-
 def all_gather_with_grad(x: Tensor) -> Tensor:
     """Concatenate ``x`` ``(B, ...)`` of every rank along dim 0: ``(world*B, ...)`` in rank order, differentiable.
 
@@ -68,7 +46,7 @@ def all_gather_with_grad(x: Tensor) -> Tensor:
     """
     if world_size() == 1:
         return x
-    return _AllGatherWithGrad.apply(x)
+    return torch.cat(dist_nn.all_gather(x), dim=0)
 
 
 def all_gather_no_grad(x: Tensor) -> Tensor:
@@ -76,8 +54,10 @@ def all_gather_no_grad(x: Tensor) -> Tensor:
     (e.g. targets or statistics that need no gradient). On one process: ``x.detach()``."""
     if world_size() == 1:
         return x.detach()
-    with torch.no_grad():
-        return _gather(x.detach().contiguous())
+    x = x.detach().contiguous()
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x)  # the list form works on every backend (gloo included); order = rank order
+    return torch.cat(parts, dim=0)
 
 
 __all__ = ["all_gather_no_grad", "all_gather_with_grad", "is_distributed", "rank", "world_size"]

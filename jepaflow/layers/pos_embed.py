@@ -1,4 +1,5 @@
-"""Position embeddings for patch grids: fixed 2D sin-cos tables and resizing of learned tables.
+"""Fixed 2D sin-cos position embeddings for patch grids (learned tables are resized by timm's
+``resample_abs_pos_embed``; sin-cos tables are recomputed for a new grid, which is exact).
 
 The sin-cos layout follows I-JEPA (Assran et al., CVPR 2023), which reuses the MAE table (He et al. 2022):
 reference code ``src/models/vision_transformer.py:get_2d_sincos_pos_embed`` in facebookresearch/ijepa.
@@ -17,7 +18,6 @@ at the end, so they match the reference to float32 rounding.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -73,28 +73,3 @@ def sincos_pos_embed_2d(
         dim=1,
     )
     return table.to(device=device, dtype=dtype)
-
-
-def resize_pos_embed(pos_embed: Tensor, old_hw: tuple[int, int], new_hw: tuple[int, int]) -> Tensor:
-    """Bicubic resize of a learned position table to another patch grid.
-
-    Sin-cos tables should be recomputed with :func:`sincos_pos_embed_2d` instead (exact); this is for learned
-    tables, e.g. timm checkpoints fine-tuned at another resolution (cf. ``interpolate_pos_encoding`` in the
-    reference, which does the same with a class token).
-
-    Args:
-        pos_embed: ``(1, H_old * W_old, D)``, row-major.
-        old_hw: ``(H_old, W_old)``.
-        new_hw: ``(H_new, W_new)``.
-    Returns:
-        ``(1, H_new * W_new, D)`` in the dtype of ``pos_embed`` (the identity when the grids are equal).
-    """
-    _, N, D = pos_embed.shape
-    if N != old_hw[0] * old_hw[1]:
-        raise ValueError(f"position table has {N} entries, not {old_hw[0]} x {old_hw[1]}")
-    if tuple(old_hw) == tuple(new_hw):
-        return pos_embed
-    # bicubic interpolation is not implemented for half types on every backend: go through float32
-    grid = pos_embed.reshape(1, old_hw[0], old_hw[1], D).permute(0, 3, 1, 2).float()  # (1, D, H, W)
-    grid = F.interpolate(grid, size=tuple(new_hw), mode="bicubic", align_corners=False)
-    return grid.permute(0, 2, 3, 1).reshape(1, new_hw[0] * new_hw[1], D).to(pos_embed.dtype)

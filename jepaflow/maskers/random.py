@@ -58,8 +58,6 @@ class RandomMasker(Masker):
     """MAE random masking: each image keeps a uniformly random ``1 - mask_ratio`` of its patches as context;
     all the others form one target block (He et al. 2022; facebookresearch/mae ``random_masking``)."""
 
-    summary = "MAE random masking: keep a uniform random subset of patches, predict all the others"
-
     class Config(PluginConfig):
         mask_ratio: float = Field(
             0.75, gt=0, lt=1,

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from jepaflow.fields import Blocks, InitStd
 from jepaflow.interfaces import Batch, Encoder, Objective, ObjectiveOutput, PluginConfig
 from jepaflow.layers.monitors import token_std
 from jepaflow.layers.target import TargetNetworksMixin, frozen_copy
@@ -131,8 +132,8 @@ class Data2VecObjective(TargetNetworksMixin, Objective):
     positions, the layer-normalized average of an EMA teacher's top K block outputs on the full image."""
 
     class Config(PluginConfig):
-        top_k_layers: int = Field(
-            6, ge=1, description="K, teacher blocks averaged into the targets (paper sec. 4.1 and the official "
+        top_k_layers: Blocks = Field(
+            6, description="K, teacher blocks averaged into the targets (paper sec. 4.1 and the official "
             "ViT-B command --target_layers [6..11]: 6 of 12)"
         )
         layer_norm: Norm = Field(
@@ -147,10 +148,10 @@ class Data2VecObjective(TargetNetworksMixin, Objective):
             "smooth_l1", description="smooth_l1 (paper sec. 3.4, official --l1_beta) or l2 (official --l2_loss)"
         )
         smooth_l1_beta: float = Field(
-            2.0, gt=0, description="smooth-L1 transition point beta (paper sec. 4.1 and official ViT-B: 2)"
+            2.0, gt=0, le=1e4, description="smooth-L1 transition point beta (paper sec. 4.1 and official ViT-B: 2)"
         )
-        init_std: float = Field(
-            0.02, gt=0, description="std of the truncated-normal init of the mask token and head weights "
+        init_std: InitStd = Field(
+            0.02, description="std of the truncated-normal init of the mask token and head weights "
             "(official init_std 0.02)"
         )
 

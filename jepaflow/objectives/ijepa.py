@@ -79,13 +79,13 @@ class IJEPAObjective(TargetNetworksMixin, Objective):
         loss: Literal["smooth_l1", "l2"] = Field(
             "smooth_l1", description="smooth_l1: official code (default); l2: the paper's eq. (1)"
         )
-        smooth_l1_beta: float = Field(1.0, gt=0, description="smooth-L1 transition point (official: 1.0)")
+        smooth_l1_beta: float = Field(1.0, gt=0, le=1e4, description="smooth-L1 transition point (official: 1.0)")
         sigreg_weight: float = Field(
-            0.0, ge=0,
+            0.0, ge=0, le=1e4,
             description="weight of LeJEPA's SIGReg on the pooled context features, added to the loss; 0: off "
             "(I-JEPA as published). Not in the paper: an anti-collapse option for small-scale runs",
         )
-        sigreg_slices: int = Field(256, ge=1, description="random 1-D directions per step for the SIGReg term")
+        sigreg_slices: int = Field(256, ge=1, le=65536, description="random 1-D directions per step for the SIGReg term")
 
     requires: ClassVar[frozenset[str]] = frozenset({"encoder", "predictor", "masker", "target_updater"})
     needs: ClassVar[frozenset[str]] = frozenset({"drop_patches"})

@@ -39,6 +39,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from jepaflow.fields import Count
 from jepaflow.interfaces import Batch, Encoder, Head, Objective, ObjectiveOutput, PluginConfig
 from jepaflow.layers.monitors import feature_std
 from jepaflow.layers.sigreg import SIGReg
@@ -109,15 +110,15 @@ class LeJEPAObjective(Objective):
             description="lambda: loss = (1-lambda)*pred + lambda*SIGReg; paper's default 0.05 (sec. 6.1)",
         )
         num_global_views: int = Field(
-            2, ge=1,
+            2, ge=1, le=64,
             description="the first V_g views are global; their mean is the prediction target (paper: 2)",
         )
-        num_slices: int = Field(
-            1024, ge=1,
+        num_slices: Count = Field(
+            1024,
             description="random 1-D directions per step for SIGReg (paper sec. 6.1: 1024; Algorithm 1: 256)",
         )
-        t_max: float = Field(5.0, gt=0, description="Epps-Pulley integration range [-t_max, t_max] (paper 5)")
-        num_points: int = Field(17, ge=2, description="trapezoid knots on [-t_max, t_max] (paper: 17)")
+        t_max: float = Field(5.0, gt=0, le=1e3, description="Epps-Pulley integration range [-t_max, t_max] (paper 5)")
+        num_points: int = Field(17, ge=2, le=65536, description="trapezoid knots on [-t_max, t_max] (paper: 17)")
         pred_reduction: Literal["mean", "sum"] = Field(
             "mean",
             description="mean: Algorithm 2 and official code (mean over projector dims); sum: eq. (7), the "

@@ -26,6 +26,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from jepaflow.fields import Epsilon
 from jepaflow.interfaces import Batch, Encoder, Objective, ObjectiveOutput, PluginConfig, Predictor
 from jepaflow.layers.masking import gather_tokens
 from jepaflow.layers.monitors import context_feature_std
@@ -102,7 +103,7 @@ class MAEObjective(Objective):
             description="regress per-patch normalized pixels (MAE paper table 1d, official --norm_pix_loss, "
             "used for its best results); False: raw (normalized-image) pixels",
         )
-        eps: float = Field(1e-6, gt=0, description="added to the per-patch variance (official forward_loss: 1e-6)")
+        eps: Epsilon = Field(1e-6, description="added to the per-patch variance (official forward_loss: 1e-6)")
 
     requires: ClassVar[frozenset[str]] = frozenset({"encoder", "predictor", "masker"})
     needs: ClassVar[frozenset[str]] = frozenset({"drop_patches"})

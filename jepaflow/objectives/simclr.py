@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
+from jepaflow.fields import Temperature
 from jepaflow.interfaces import Batch, Encoder, Head, Objective, ObjectiveOutput, PluginConfig
 from jepaflow.layers.distributed import all_gather_with_grad, rank, world_size
 from jepaflow.layers.monitors import feature_std
@@ -102,9 +103,8 @@ class SimCLRObjective(Objective):
     every other sample of the (gathered) batch acting as a negative. No target network, no predictor."""
 
     class Config(PluginConfig):
-        temperature: float = Field(
+        temperature: Temperature = Field(
             0.1,
-            gt=0,
             description="softmax temperature T of eq. 1; 0.1 is the paper's ImageNet setting with batch 4096 "
             "(sec. 5.1, Table 5; google-research/simclr default), 0.5 its CIFAR-10 choice (appendix B.9)",
         )

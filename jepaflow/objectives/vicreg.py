@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
+from jepaflow.fields import Epsilon, LossWeight
 from jepaflow.interfaces import Batch, Encoder, Head, Objective, ObjectiveOutput, PluginConfig
 from jepaflow.layers.distributed import all_gather_with_grad, world_size
 from jepaflow.layers.monitors import feature_std
@@ -113,17 +114,17 @@ class VICRegObjective(Objective):
     negatives, no target network, no stop-gradient. The ``projector`` section is the paper's expander."""
 
     class Config(PluginConfig):
-        sim_coeff: float = Field(
-            25.0, ge=0, description="lambda, weight of the invariance term (paper sec. 4.1; official --sim-coeff)"
+        sim_coeff: LossWeight = Field(
+            25.0, description="lambda, weight of the invariance term (paper sec. 4.1; official --sim-coeff)"
         )
-        std_coeff: float = Field(
-            25.0, ge=0, description="mu, weight of the variance term (paper sec. 4.1; official --std-coeff)"
+        std_coeff: LossWeight = Field(
+            25.0, description="mu, weight of the variance term (paper sec. 4.1; official --std-coeff)"
         )
-        cov_coeff: float = Field(
-            1.0, ge=0, description="nu, weight of the covariance term (paper sec. 4.1; official --cov-coeff)"
+        cov_coeff: LossWeight = Field(
+            1.0, description="nu, weight of the covariance term (paper sec. 4.1; official --cov-coeff)"
         )
-        gamma: float = Field(1.0, gt=0, description="target standard deviation of each dimension (paper eq. 1)")
-        eps: float = Field(1e-4, gt=0, description="added to the variance before the square root (official 0.0001)")
+        gamma: float = Field(1.0, gt=0, le=1e3, description="target standard deviation of each dimension (paper eq. 1)")
+        eps: Epsilon = Field(1e-4, description="added to the variance before the square root (official 0.0001)")
         gather: bool = Field(
             True,
             description="with several processes, compute the variance and covariance terms on the embeddings of "

@@ -24,10 +24,11 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from jepaflow.encoders.vit import init_reference_weights, layer_norm, make_blocks
+from jepaflow.fields import Blocks, Heads, InitStd, MlpRatio, Width
 from jepaflow.interfaces import PluginConfig, Predictor
 from jepaflow.layers.masking import gather_tokens
 from jepaflow.layers.pos_embed import sincos_pos_embed_2d
+from jepaflow.layers.transformer import init_reference_weights, layer_norm, make_blocks
 
 
 def fill_sequence(tokens: Tensor, idx: Tensor, valid: Tensor | None, mask_token: Tensor, num_patches: int) -> Tensor:
@@ -62,18 +63,18 @@ class MAEDecoder(Predictor):
     """
 
     class Config(PluginConfig):
-        embed_dim: int = Field(
+        embed_dim: Width = Field(
             512, ge=4, description="decoder width (MAE paper table 1b/1c and models_mae.py: 512)"
         )
-        depth: int = Field(8, ge=1, description="decoder blocks (MAE paper table 1a and models_mae.py: 8)")
-        num_heads: int = Field(16, ge=1, description="decoder attention heads (models_mae.py: 16)")
-        mlp_ratio: float = Field(4.0, gt=0, description="MLP hidden/width ratio (models_mae.py: 4)")
+        depth: Blocks = Field(8, description="decoder blocks (MAE paper table 1a and models_mae.py: 8)")
+        num_heads: Heads = Field(16, description="decoder attention heads (models_mae.py: 16)")
+        mlp_ratio: MlpRatio = Field(4.0, description="MLP hidden/width ratio (models_mae.py: 4)")
         init: Literal["xavier", "trunc_normal"] = Field(
             "xavier",
             description="xavier: MAE's init (Linear xavier_uniform, bias 0, mask token normal 0.02); "
             "trunc_normal: jepaflow's ViT init (trunc_normal(init_std) everywhere)",
         )
-        init_std: float = Field(0.02, gt=0, description="std of the mask token (and of weights with trunc_normal)")
+        init_std: InitStd = Field(0.02, description="std of the mask token (and of weights with trunc_normal)")
 
         @model_validator(mode="after")
         def _check_dims(self) -> MAEDecoder.Config:

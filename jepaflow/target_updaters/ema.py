@@ -72,6 +72,7 @@ class EMATargetUpdater(TargetUpdater):
         ramp_steps: int | None = Field(
             None,
             ge=1,
+            le=2**40,
             description="if set, reach momentum_end after this many updates and stay there (data2vec, Baevski et "
             "al. 2022 sec. 3.2: tau_0 -> tau_e over the first tau_n updates); None: the schedule spans the run",
         )

@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import Field, model_validator
 from torch import Tensor
 
+from jepaflow.fields import ImageSize
 from jepaflow.interfaces import ViewSampler
 from jepaflow.views.two_view import ViewAugConfig, view_transform
 
@@ -42,14 +43,14 @@ class MultiCropAugmentation(ViewSampler):
     """
 
     class Config(ViewAugConfig):
-        global_crops: int = Field(2, ge=1, description="number of global crops, at the data set's image_size "
+        global_crops: int = Field(2, ge=1, le=64, description="number of global crops, at the data set's image_size "
                                   "(DINO: 2)")
         global_scale: tuple[float, float] = Field(
             (0.3, 1.0), description="area range of the global crops (I-JEPA's crop range; DINO (0.4, 1.0))"
         )
-        local_crops: int = Field(6, ge=0, description="number of local crops (DINO: 6 to 10)")
-        local_size: int = Field(
-            96, ge=1, description="side of the local crops in pixels (DINO: 96 for 224 images); must be a "
+        local_crops: int = Field(6, ge=0, le=64, description="number of local crops (DINO: 6 to 10)")
+        local_size: ImageSize = Field(
+            96, description="side of the local crops in pixels (DINO: 96 for 224 images); must be a "
             "multiple of the encoder's patch size (a ViT embeds every view), which this plugin cannot check",
         )
         local_scale: tuple[float, float] = Field(

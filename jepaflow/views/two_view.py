@@ -37,11 +37,11 @@ class ViewAugConfig(PluginConfig):
     flip_p: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip (SimCLR/BYOL 0.5)")
     color_jitter_p: float = Field(0.8, ge=0, le=1, description="probability of colour jitter (SimCLR/BYOL 0.8)")
     brightness: float = Field(
-        0.8, ge=0, description="colour jitter brightness (SimCLR 0.8 * s with s=1; BYOL/VICReg 0.4)"
+        0.8, ge=0, le=10, description="colour jitter brightness (SimCLR 0.8 * s with s=1; BYOL/VICReg 0.4)"
     )
-    contrast: float = Field(0.8, ge=0, description="colour jitter contrast (SimCLR 0.8 * s; BYOL/VICReg 0.4)")
+    contrast: float = Field(0.8, ge=0, le=10, description="colour jitter contrast (SimCLR 0.8 * s; BYOL/VICReg 0.4)")
     saturation: float = Field(
-        0.8, ge=0, description="colour jitter saturation (SimCLR 0.8 * s; BYOL/VICReg 0.2); skipped for 1 channel"
+        0.8, ge=0, le=10, description="colour jitter saturation (SimCLR 0.8 * s; BYOL/VICReg 0.2); skipped for 1 channel"
     )
     hue: float = Field(
         0.2, ge=0, le=0.5, description="colour jitter hue (SimCLR 0.2 * s; BYOL/VICReg 0.1); skipped for 1 channel"
@@ -161,7 +161,7 @@ class TwoViewAugmentation(ViewSampler):
     """
 
     class Config(ViewAugConfig):
-        num_views: int = Field(2, ge=1, description="views per image (2 for SimCLR, BYOL, VICReg)")
+        num_views: int = Field(2, ge=1, le=64, description="views per image (2 for SimCLR, BYOL, VICReg)")
         crop_scale: tuple[float, float] = Field(
             (0.08, 1.0), description="RandomResizedCrop area range (SimCLR/BYOL/VICReg (0.08, 1.0))"
         )

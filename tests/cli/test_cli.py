@@ -231,7 +231,7 @@ def test_plugins_show_describes_the_config_fields(small_plugins):
     assert first_paragraph in " ".join(out.split())
     assert "package: jepaflow" in out and "jepaflow.maskers.multiblock:MultiBlockMasker" in out
     rows = {r[0]: r for r in table_rows(out) if len(r) == 4}
-    assert rows["num_targets"][1:3] == ["int", "4"]
+    assert rows["num_targets"][1:3] == ["int ≥ 1, ≤ 1024", "4"]  # the type with its range
     assert rows["num_targets"][3] == MultiBlockMasker.Config.model_fields["num_targets"].description
     assert rows["mode"][1] == "Literal['official', 'fixed']" and rows["mode"][2] == "'official'"
     assert rows["target_scale"][1:3] == ["tuple[float, float]", "(0.15, 0.2)"]

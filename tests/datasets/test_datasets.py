@@ -216,7 +216,9 @@ def image_root(tmp_path):
 
 
 def test_image_folder_sorted_classes_and_corrupt_file_skipped(image_root):
-    cfg = ImageFolderDataset.Config(root=str(image_root), image_size=16, mean=(0.0,), std=(1.0,))
+    # 1 corrupt file in 6 (17%): allowed explicitly here (the default, 5%, would stop the run)
+    cfg = ImageFolderDataset.Config(root=str(image_root), image_size=16, mean=(0.0,), std=(1.0,),
+                                    max_unreadable_fraction=0.5)
     ds = ImageFolderDataset(cfg, split="train", augment=False)
     assert ds.classes == ["apple", "zebra"] and ds.num_classes == 2
     assert len(ds) == 6  # 5 PNGs + the corrupt file; the .txt is not an image
@@ -265,6 +267,7 @@ def test_image_folder_user_errors_name_the_path(tmp_path, image_root):
 
 # ------------------------------------------------------------------------------------------------ digits
 def test_stratified_split_is_disjoint_complete_and_stratified():
+    pytest.importorskip("sklearn")
     labels = np.repeat(np.arange(3), [10, 20, 30])
     train, test = stratified_split(labels, 0.2, seed=0)
     assert len(np.intersect1d(train, test)) == 0 and len(train) + len(test) == 60
@@ -277,13 +280,13 @@ def test_digits_splits_shapes_and_normalization():
     pytest.importorskip("sklearn")
     train = DigitsDataset(DigitsDataset.Config(), split="train")
     test = DigitsDataset(DigitsDataset.Config(), split="test", augment=True)
-    assert (len(train), len(test)) == (1438, 359)
-    assert train.images.shape == (1438, 1, 32, 32) and train.images.dtype == torch.uint8
+    assert (len(train), len(test)) == (1437, 360)
+    assert train.images.shape == (1437, 1, 32, 32) and train.images.dtype == torch.uint8
     assert set(np.unique(test.labels).tolist()) == set(range(10))
     _check_item(train, 3)
     _check_item(test, 0)
     pixels = train.images.float() / 255
-    assert abs(pixels.mean().item() - 0.3055) < 1e-3 and abs(pixels.std().item() - 0.3236) < 1e-3
+    assert abs(pixels.mean().item() - 0.3054) < 1e-4 and abs(pixels.std().item() - 0.3236) < 1e-4
 
 
 # ------------------------------------------------------------------------------------------------ synthetic

@@ -13,7 +13,6 @@ from safetensors.torch import save_file
 from jepaflow.encoders.timm_vit import TimmViTEncoder
 from jepaflow.errors import JepaflowError
 from jepaflow.hub import with_img_size
-from jepaflow.layers.pos_embed import resize_pos_embed
 
 # A ViT-Ti shaped down for tests: 16 px images of 4 px patches (a 4x4 grid), width 48, 3 heads, 2 blocks.
 TINY = {"patch_size": 4, "embed_dim": 48, "num_heads": 3, "depth": 2}
@@ -117,17 +116,22 @@ def test_local_timm_weights_drop_class_token_rows(tmp_path, suffix):
     for name, value in mine.items():
         if name != "pos_embed":
             assert torch.equal(value, state[name]), name
-    # the same weights at twice the resolution: the table (without its class row) resized bicubically
+    # the same weights at twice the resolution: the table (without its class row) is the one timm itself loads
+    # into a model of that resolution (timm resizes the grid rows and keeps the class row apart)
     big = TimmViTEncoder(tiny_config(checkpoint=str(path), img_size=32))
-    want = resize_pos_embed(state["pos_embed"][:, 1:], (4, 4), (8, 8))
-    torch.testing.assert_close(big.model.pos_embed, want, atol=1e-6, rtol=0)
+    timm_big = timm.create_model("vit_tiny_patch16_224", pretrained=True, pretrained_cfg_overlay={"file": str(path)},
+                                 img_size=32, num_classes=10, **TINY)
+    assert timm_big.pos_embed.shape == (1, 65, 48)
+    torch.testing.assert_close(big.model.pos_embed, timm_big.pos_embed[:, 1:], atol=0, rtol=0)
+    assert not torch.allclose(big.model.pos_embed[:, :16], state["pos_embed"][:, 1:], atol=1e-3)  # really resized
 
 
 def test_with_img_size_resizes_the_learned_table(encoder):
     big = with_img_size(encoder, 32)
     assert big.grid_size == (8, 8) and big.config.img_size == 32 and not big.training
-    want = resize_pos_embed(encoder.model.pos_embed.detach(), (4, 4), (8, 8))
-    torch.testing.assert_close(big.model.pos_embed.detach(), want, atol=1e-6, rtol=0)
+    # timm's own rule for a learned table on a new grid (its models resample the same way at run time)
+    want = timm.layers.resample_abs_pos_embed(encoder.model.pos_embed.detach(), [8, 8], num_prefix_tokens=0)
+    torch.testing.assert_close(big.model.pos_embed.detach(), want, atol=0, rtol=0)
     assert torch.equal(big.model.blocks[1].mlp.fc2.weight, encoder.model.blocks[1].mlp.fc2.weight)
     assert big(torch.zeros(1, 3, 32, 32)).shape == (1, 64, 48)
 

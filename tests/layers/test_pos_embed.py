@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from jepaflow.layers.pos_embed import resize_pos_embed, sincos_pos_embed_1d, sincos_pos_embed_2d
+from jepaflow.layers.pos_embed import sincos_pos_embed_1d, sincos_pos_embed_2d
 
 
 def formula_table(D: int, H: int, W: int) -> torch.Tensor:
@@ -76,35 +76,3 @@ def test_float64_computation_then_cast():
 def test_width_must_be_multiple_of_4(D):
     with pytest.raises(ValueError):
         sincos_pos_embed_2d(D, (2, 2))
-
-
-def test_resize_same_grid_is_identity():
-    pe = torch.randn(1, 12, 5)
-    assert torch.equal(resize_pos_embed(pe, (3, 4), (3, 4)), pe)
-
-
-def test_resize_axes_and_values():
-    H, W, D = 2, 4, 3
-    col = torch.arange(W, dtype=torch.float32)
-    # a table that depends on the column only: resizing the rows must leave every row equal to the original
-    pe = col.reshape(1, 1, W, 1).expand(1, H, W, D).reshape(1, H * W, D)
-    out = resize_pos_embed(pe, (H, W), (5, W))
-    assert out.shape == (1, 5 * W, D)
-    torch.testing.assert_close(out.reshape(5, W, D), col.reshape(1, W, 1).expand(5, W, D))
-    # and a constant table stays constant whatever the new grid
-    const = torch.full((1, H * W, D), 0.3)
-    torch.testing.assert_close(resize_pos_embed(const, (H, W), (7, 3)), torch.full((1, 21, D), 0.3))
-
-
-def test_resize_matches_bicubic_interpolation_on_the_2d_grid():
-    H, W, D = 3, 4, 2
-    pe = torch.randn(1, H * W, D)
-    out = resize_pos_embed(pe, (H, W), (6, 8))
-    grid = pe.reshape(1, H, W, D).permute(0, 3, 1, 2)
-    ref = torch.nn.functional.interpolate(grid, size=(6, 8), mode="bicubic", align_corners=False)
-    torch.testing.assert_close(out, ref.permute(0, 2, 3, 1).reshape(1, 48, D))
-
-
-def test_resize_rejects_wrong_old_grid():
-    with pytest.raises(ValueError):
-        resize_pos_embed(torch.randn(1, 10, 4), (3, 3), (4, 4))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from doubles import TinyEncoder
 from gloo import assert_two_ranks_equal_one_process
 
 from jepaflow.config import load_recipe
@@ -103,26 +104,10 @@ def test_bad_arguments_are_rejected():
         nt_xent(z, z, 0.1, torch.randn(6, 3), torch.randn(6, 3), offset=3)
 
 
-class _TinyEncoder(torch.nn.Module):
-    """Flatten + Linear as a one-token encoder (enough to check the objective's wiring)."""
-
-    embed_dim = 6
-
-    def __init__(self):
-        super().__init__()
-        self.lin = torch.nn.Linear(2 * 4 * 4, 6)
-
-    def forward(self, images, keep=None, keep_valid=None):
-        return self.lin(images.flatten(1)).unsqueeze(1)  # (B, 1, D)
-
-    def pool(self, tokens):
-        return tokens.mean(1)
-
-
 def _objective(**cfg) -> SimCLRObjective:
     torch.manual_seed(0)
     head = MLPHead(MLPHead.Config(hidden_dims=[8], out_dim=4, last_batch_norm=True, last_bias=False), in_dim=6)
-    return SimCLRObjective(SimCLRObjective.Config(**cfg), encoder=_TinyEncoder(), projector=head)
+    return SimCLRObjective(SimCLRObjective.Config(**cfg), encoder=TinyEncoder(), projector=head)
 
 
 def test_objective_forward_metrics_and_gradients():
@@ -161,7 +146,7 @@ def _no_bn_objective() -> SimCLRObjective:
     # no BatchNorm: its statistics would differ between a rank's half batch and the full batch
     torch.manual_seed(0)
     head = MLPHead(MLPHead.Config(hidden_dims=[8], out_dim=4, batch_norm=False), in_dim=6)
-    return SimCLRObjective(SimCLRObjective.Config(temperature=0.2), encoder=_TinyEncoder(), projector=head)
+    return SimCLRObjective(SimCLRObjective.Config(temperature=0.2), encoder=TinyEncoder(), projector=head)
 
 
 def test_two_processes_with_gathered_negatives_equal_one_process(tmp_path):

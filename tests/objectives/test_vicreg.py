@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from doubles import TinyEncoder
 from gloo import assert_two_ranks_equal_one_process
 
 from jepaflow.config import load_recipe
@@ -129,27 +130,11 @@ def test_gathered_batch_equals_the_full_batch():
         vicreg_loss(z1, z2, z1_all=z1)
 
 
-class _TinyEncoder(torch.nn.Module):
-    """Flatten + Linear as a one-token encoder (enough to check the objective's wiring)."""
-
-    embed_dim = 6
-
-    def __init__(self):
-        super().__init__()
-        self.lin = torch.nn.Linear(2 * 4 * 4, 6)
-
-    def forward(self, images, keep=None, keep_valid=None):
-        return self.lin(images.flatten(1)).unsqueeze(1)  # (B, 1, D)
-
-    def pool(self, tokens):
-        return tokens.mean(1)
-
-
 def test_objective_forward_metrics_and_gradients():
     assert VICRegObjective.requires == {"encoder", "projector", "views"}
     torch.manual_seed(0)
     head = MLPHead(MLPHead.Config(hidden_dims=[8, 8], out_dim=8, last_bias=False), in_dim=6)
-    obj = VICRegObjective(VICRegObjective.Config(), encoder=_TinyEncoder(), projector=head)
+    obj = VICRegObjective(VICRegObjective.Config(), encoder=TinyEncoder(), projector=head)
     g = torch.Generator().manual_seed(3)
     v1, v2 = torch.randn(6, 2, 4, 4, generator=g), torch.randn(6, 2, 4, 4, generator=g)
     out = obj(Batch(images=v1, views=[v1, v2]))
@@ -177,7 +162,7 @@ def _no_bn_objective() -> VICRegObjective:
     # no BatchNorm: its statistics would differ between a rank's half batch and the full batch
     torch.manual_seed(0)
     head = MLPHead(MLPHead.Config(hidden_dims=[8], out_dim=5, batch_norm=False, last_bias=False), in_dim=6)
-    return VICRegObjective(VICRegObjective.Config(), encoder=_TinyEncoder(), projector=head)
+    return VICRegObjective(VICRegObjective.Config(), encoder=TinyEncoder(), projector=head)
 
 
 def test_two_processes_with_gathered_embeddings_equal_one_process(tmp_path):
