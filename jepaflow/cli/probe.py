@@ -70,7 +70,10 @@ def run_probe_command(
     from jepaflow.probes.evaluate import probe_encoder, write_probe_json
     from jepaflow.probes.sources import build_run_objective, inspect_source, pick_encoder, source_encoder
 
+    if output is not None:  # a place probe.json cannot be written is refused before anything is read or computed
+        probe_json_path(output, None)
     src = inspect_source(source)
+    path = probe_json_path(output, src.run_dir)
     section, cfg = resolve_settings(src, data, probes, layers, encoder, overrides)
     dev = _device(device)
     probe_data = build_probe_data(section)
@@ -86,17 +89,24 @@ def run_probe_command(
             baseline = pick_encoder(obj, cfg.encoder, str(src.path))[0].to(dev).eval().requires_grad_(False)
     store = FeatureCache(None if no_cache else cache_root(cache))
     doc = probe_encoder(model, probe_data, cfg, source=desc, device=dev, cache=store, baseline=baseline, log=log)
-    if output is not None:
-        path = output / "probe.json" if output.is_dir() or not output.suffix else output
-    elif src.run_dir is not None:
-        path = src.run_dir / "probe.json"
-    else:
-        path = Path("probe.json")
     try:
         write_probe_json(doc, path)
     except OSError as exc:
         raise JepaflowError(f"cannot write {path}: {exc}", "pass --output to a writable place") from None
     return doc, path
+
+
+def probe_json_path(output: Path | None, run_dir: Path | None) -> Path:
+    """Where probe.json goes: ``--output`` (a ``.json`` file, or a folder: its ``probe.json``), else the run
+    folder's, else ``./probe.json``; checked writable (:func:`jepaflow.outputs.check_output_file`), so that a bad
+    place is one message before any feature is computed."""
+    from jepaflow.outputs import check_output_file
+
+    if output is not None:
+        path = output / "probe.json" if output.is_dir() or not output.suffix else output
+    else:
+        path = (run_dir or Path(".")) / "probe.json"
+    return check_output_file(path, (".json",), "--output" if output is not None else "probe.json path")
 
 
 def resolve_settings(src: Any, data: str | None, probes: str | None, layers: str | None, encoder: str | None,
@@ -213,4 +223,4 @@ def probe_table(doc: dict[str, Any]) -> Any:
     return table
 
 
-__all__ = ["PROBE_HELP", "probe", "probe_notes", "probe_table", "resolve_settings", "run_probe_command"]
+__all__ = ["PROBE_HELP", "probe", "probe_json_path", "probe_notes", "probe_table", "resolve_settings", "run_probe_command"]

@@ -532,8 +532,7 @@ def run_probe(recipe: Recipe, objective: torch.nn.Module, device: torch.device, 
     returns the headline accuracies (for summary.json), or why the probe was skipped."""
     from jepaflow.probes.cache import FeatureCache, cache_root
     from jepaflow.probes.data import build_probe_data, resolve_data_section
-    from jepaflow.probes.evaluate import accuracies, probe_encoder, summary_line, write_probe_json
-    from jepaflow.probes.sources import build_run_objective, pick_encoder
+    from jepaflow.probes.evaluate import accuracies, pick_encoder, probe_encoder, summary_line, write_probe_json
 
     cfg = recipe.probe
     data = build_probe_data(resolve_data_section(recipe.to_dict()["data"]), require_labels=False)
@@ -542,7 +541,10 @@ def run_probe(recipe: Recipe, objective: torch.nn.Module, device: torch.device, 
     encoder, role = pick_encoder(objective, cfg.encoder, "the run")
     baseline = None
     if cfg.random_init_baseline:  # the same architecture at the run's initialization: what the probe gets for free
-        baseline = pick_encoder(build_run_objective(recipe.to_dict(), None, "the run"), cfg.encoder, "the run")[0]
+        with torch.random.fork_rng(devices=[]):  # exactly as the run started: seed, then build
+            torch.manual_seed(recipe.seed)
+            fresh = build_objective(recipe)
+        baseline = pick_encoder(fresh, cfg.encoder, "the run")[0]
         baseline = baseline.to(device).eval().requires_grad_(False)
     source = {"kind": "run", "spec": None if run_dir is None else str(run_dir), "role": role, "step": step,
               "path": None if run_dir is None else str(Path(run_dir) / "checkpoints" / "last.pt"),

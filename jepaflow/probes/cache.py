@@ -4,7 +4,7 @@ An entry is one split's pooled features (or last-layer tokens) for one key: the 
 (:func:`encoder_hash`), the resolved data section (which fixes the evaluation transform and resolution), the
 split, the item cap, what was extracted (``pooled:last``, ``pooled:last4``, ``tokens:last``) and
 :data:`FEATURE_FORMAT`. Files are ``<root>/<sha256 of the key>.pt``, written atomically (temporary file, fsync,
-rename), read with ``torch.load(weights_only=True)``; an unreadable or mismatching file is recomputed and
+rename), read with ``torch.load(weights_only=True)``, both through :mod:`jepaflow.checkpoints`; an unreadable or mismatching file is recomputed and
 overwritten, never fatal.
 
 The root is, first found: the ``root`` argument (``jepaflow probe --cache DIR``), the environment variable
@@ -22,6 +22,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from jepaflow.checkpoints import read_checkpoint, write_checkpoint
+from jepaflow.errors import CheckpointError
 
 #: bump when what is stored under a key changes (pooling, precision, layout)
 FEATURE_FORMAT = 1
@@ -77,7 +80,7 @@ class FeatureCache:
         if path is None or not path.is_file():
             return None
         try:
-            entry = torch.load(path, map_location="cpu", weights_only=True)
+            entry = read_checkpoint(path, "cpu", "feature cache entry")
             if not isinstance(entry, dict) or entry.get("key") != key:
                 raise ValueError("the file does not hold this key's entry")
             tensors = entry["tensors"]
@@ -97,12 +100,10 @@ class FeatureCache:
         path = self.path(key)
         if path is None:
             return
-        from jepaflow.engine.checkpoint import save_atomic
-
         try:
-            save_atomic({"key": key, "meta": json.loads(json.dumps(meta, default=str)),
+            write_checkpoint({"key": key, "meta": json.loads(json.dumps(meta, default=str)),
                          "tensors": {k: v.detach().to("cpu") for k, v in tensors.items()}}, path)
-        except OSError as exc:
+        except (OSError, CheckpointError) as exc:
             warnings.warn(f"cannot write the feature cache entry {path} ({exc}); continuing without it",
                           RuntimeWarning, stacklevel=2)
 

@@ -21,6 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from jepaflow.config import ProbeConfig
+from jepaflow.errors import JepaflowError
+from jepaflow.interfaces import Encoder, Objective
 from jepaflow.probes.cache import FeatureCache, encoder_hash
 from jepaflow.probes.data import ProbeData
 from jepaflow.probes.features import SplitFeatures, check_layers, extract_features
@@ -46,6 +48,19 @@ def _feature_kinds(cfg: ProbeConfig, has_tokens: bool) -> tuple[bool, bool]:
     pooled = any(k in cfg.kinds for k in ("knn", "linear", "lowshot"))
     tokens = "attentive" in cfg.kinds and has_tokens
     return pooled, tokens
+
+
+def pick_encoder(objective: Objective, role: str | None, what: str) -> tuple[Encoder, str]:
+    """``(encoder, role name)``: ``encoders()[role]``, or the representation encoder (and its role's name)."""
+    roles = objective.encoders()
+    if role is None:
+        encoder = objective.representation_encoder()
+        name = next((k for k, v in roles.items() if v is encoder), "representation")
+        return encoder, name
+    if role not in roles:
+        raise JepaflowError(f"the {type(objective).__name__} of {what} has no encoder {role!r}",
+                            f"use probe.encoder (--encoder) one of: {', '.join(roles)}")
+    return roles[role], role
 
 
 def load_or_extract(
@@ -324,4 +339,4 @@ def summary_line(doc: dict[str, Any]) -> str:
 
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "accuracies", "check_token_memory", "evaluate_features", "load_or_extract",
-           "probe_encoder", "probe_settings", "summary_line", "write_probe_json"]
+           "pick_encoder", "probe_encoder", "probe_settings", "summary_line", "write_probe_json"]

@@ -21,8 +21,9 @@ import torch
 import yaml
 from torch import Tensor
 
-from jepaflow.errors import JepaflowError
+from jepaflow.errors import CheckpointError, JepaflowError
 from jepaflow.interfaces import Encoder, Objective, PluginConfig
+from jepaflow.probes.evaluate import pick_encoder
 
 PIXELS = "pixels"
 TIMM_PREFIX = "timm:"
@@ -66,8 +67,11 @@ class Source:
 
 def inspect_source(spec: str) -> Source:
     """Parse SOURCE (module docstring) and read what it stores; a missing or unreadable source is a
-    :class:`JepaflowError`."""
-    from jepaflow.hub import JEPAFLOW_FORMAT, _read_checkpoint
+    :class:`JepaflowError`. Files are read by :func:`jepaflow.checkpoints.read_checkpoint` only
+    (``weights_only=True``: a file asking for any Python object beyond tensors, numbers, text and containers is
+    refused, never run); a jepaflow checkpoint's entries are checked here (a state dict of finite tensors and its
+    recipe), before anything is built."""
+    from jepaflow.checkpoints import FORMAT, read_checkpoint
 
     if spec == PIXELS:
         return Source(PIXELS, spec)
@@ -85,18 +89,52 @@ def inspect_source(spec: str) -> Source:
         if not ckpt_path.is_file():
             raise JepaflowError(f"{path} is a folder without checkpoints/last.pt",
                                 "pass a jepaflow run folder that has been checkpointed, or a checkpoint file")
-        ckpt = _read_checkpoint(ckpt_path, "cpu")
+        ckpt = _checked_jepaflow_checkpoint(read_checkpoint(ckpt_path, "cpu"), ckpt_path)
         recipe_file = path / "recipe.yaml"
-        recipe = yaml.safe_load(recipe_file.read_text()) if recipe_file.is_file() else ckpt.get("recipe")
+        recipe = _read_run_recipe(recipe_file) if recipe_file.is_file() else ckpt["recipe"]
         return Source("run", spec, ckpt_path, path, recipe, ckpt)
     if not path.is_file():
         raise JepaflowError(f"no probe source {spec!r}: not a file, not a folder, not 'pixels' nor 'timm:NAME'",
                             "pass a jepaflow run folder, a checkpoint file, an official I-JEPA checkpoint, "
                             "timm:NAME or pixels")
-    ckpt = _read_checkpoint(path, "cpu")
-    if isinstance(ckpt, dict) and ckpt.get("format") == JEPAFLOW_FORMAT:
-        return Source("checkpoint", spec, path, None, ckpt.get("recipe"), ckpt)
-    return Source("official", spec, path)
+    ckpt = read_checkpoint(path, "cpu")
+    if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
+        ckpt = _checked_jepaflow_checkpoint(ckpt, path)
+        return Source("checkpoint", spec, path, None, ckpt["recipe"], ckpt)
+    return Source("official", spec, path)  # read again, and checked, by jepaflow.load_encoder
+
+
+def _checked_jepaflow_checkpoint(ckpt: Any, path: Path) -> dict[str, Any]:
+    """``ckpt`` if it is a jepaflow checkpoint with a recipe and an objective state dict of finite tensors, else
+    one :class:`CheckpointError` naming the file and what is wrong."""
+    from jepaflow.checkpoints import EXTRA_STATE_SUFFIX, FORMAT, check_finite, describe
+
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a jepaflow checkpoint (found {describe(ckpt)})",
+                              "pass a run folder written by `jepaflow run`, or its checkpoints/last.pt")
+    state = ckpt.get("objective")
+    if not isinstance(ckpt.get("recipe"), dict) or not isinstance(state, dict):
+        raise CheckpointError(f"{path} declares format {FORMAT!r} but lacks its 'recipe' or 'objective' entry",
+                              "the file is damaged or was not written by jepaflow's engine")
+    if not all(isinstance(k, str) and (isinstance(v, Tensor) or k.endswith(EXTRA_STATE_SUFFIX))
+               for k, v in state.items()):
+        raise CheckpointError(f"{path} ('objective') is not a state dict of tensors",
+                              "the file is damaged or was not written by jepaflow's engine")
+    check_finite(state, f"{path} ('objective')")
+    return ckpt
+
+
+def _read_run_recipe(path: Path) -> dict[str, Any]:
+    """A run folder's ``recipe.yaml`` (the resolved recipe), or one message if it is not a readable mapping."""
+    try:
+        recipe = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise JepaflowError(f"cannot read {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                            "restore the run folder's recipe.yaml, or pass its checkpoints/last.pt") from None
+    if not isinstance(recipe, dict):
+        raise JepaflowError(f"{path} is not a recipe (a YAML mapping)",
+                            "restore the run folder's recipe.yaml, or pass its checkpoints/last.pt")
+    return recipe
 
 
 def _without_init_checkpoints(recipe: dict[str, Any]) -> dict[str, Any]:
@@ -108,35 +146,23 @@ def _without_init_checkpoints(recipe: dict[str, Any]) -> dict[str, Any]:
 
 def build_run_objective(recipe: dict[str, Any], state: dict[str, Tensor] | None, what: str) -> Objective:
     """The objective of a stored recipe, with ``state`` loaded (None: at its seeded initialization, exactly as
-    the run started: ``torch.manual_seed(recipe seed)`` then build)."""
+    the run started: ``torch.manual_seed(recipe seed)`` then build). With ``state``, the objective is first
+    built on the ``meta`` device and compared with ``state`` (:func:`jepaflow.hub.build_for_state`), so that a
+    recipe describing a far larger model than the file's tensors is refused before any memory is spent."""
     from jepaflow.config import load_recipe
     from jepaflow.engine.build import build_objective
-    from jepaflow.hub import load_state_dict_checked
+    from jepaflow.hub import build_for_state
 
     try:
         r = load_recipe(_without_init_checkpoints(recipe) if state is not None else recipe)
     except JepaflowError as exc:
         raise JepaflowError(f"the recipe stored with {what} cannot be rebuilt here: {exc.problem}",
                             exc.fix or "install the plugins that trained it") from None
+    if state is not None:
+        return build_for_state(lambda: build_objective(r), state, f"{what} ('objective')")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(r.seed)
-        objective = build_objective(r)
-    if state is not None:
-        load_state_dict_checked(objective, state, f"{what} ('objective')")
-    return objective
-
-
-def pick_encoder(objective: Objective, role: str | None, what: str) -> tuple[Encoder, str]:
-    """``(encoder, role name)``: ``encoders()[role]``, or the representation encoder (and its role's name)."""
-    roles = objective.encoders()
-    if role is None:
-        encoder = objective.representation_encoder()
-        name = next((k for k, v in roles.items() if v is encoder), "representation")
-        return encoder, name
-    if role not in roles:
-        raise JepaflowError(f"the {type(objective).__name__} of {what} has no encoder {role!r}",
-                            f"use probe.encoder (--encoder) one of: {', '.join(roles)}")
-    return roles[role], role
+        return build_objective(r)
 
 
 def source_encoder(src: Source, role: str | None, data_section: dict[str, Any], seed: int) -> tuple[Encoder, dict[str, Any]]:
@@ -152,9 +178,6 @@ def source_encoder(src: Source, role: str | None, data_section: dict[str, Any], 
         encoder = timm_random_encoder(src.spec[len(TIMM_PREFIX):], channels, image_size, seed)
         desc.update({"role": None, "model_name": src.spec[len(TIMM_PREFIX):], "init_seed": seed})
     elif src.kind in ("run", "checkpoint"):
-        if not isinstance(src.recipe, dict) or not isinstance(src.checkpoint.get("objective"), dict):
-            raise JepaflowError(f"{src.path} lacks its recipe or its 'objective' state dict",
-                                "the file is damaged or was not written by jepaflow's engine")
         objective = build_run_objective(src.recipe, src.checkpoint["objective"], str(src.path))
         encoder, desc["role"] = pick_encoder(objective, role, str(src.path))
         desc.update({"objective": src.recipe.get("objective", {}).get("name"), "step": src.checkpoint.get("step"),
