@@ -39,7 +39,7 @@ def probe(
         "--encoder", "-e", help="encoder role, e.g. target or context (default: the representation encoder)")] = None,
     overrides: Annotated[list[str] | None, typer.Option(
         "--set", "-s", metavar="PATH=VALUE", help="override probe.* or data.* fields, e.g. --set probe.seed=1")] = None,
-    output: Annotated[Path | None, typer.Option(
+    output: Annotated[str | None, typer.Option(
         "--output", "-o", help="probe.json path or folder (default: the run folder, else ./probe.json)")] = None,
     cache: Annotated[Path | None, typer.Option("--cache", help="feature cache folder (default: $JEPAFLOW_CACHE or "
                                                                "~/.cache/jepaflow/features)")] = None,
@@ -60,7 +60,7 @@ def probe(
 
 def run_probe_command(
     source: str, data: str | None, probes: str | None, layers: str | None, encoder: str | None,
-    overrides: list[str], output: Path | None, cache: Path | None, no_cache: bool, device: str, log: Any,
+    overrides: list[str], output: str | Path | None, cache: Path | None, no_cache: bool, device: str, log: Any,
 ) -> tuple[dict[str, Any], Path]:
     """Everything ``jepaflow probe`` does but printing; returns ``(probe.json document, where it was written)``."""
 
@@ -76,8 +76,8 @@ def run_probe_command(
     path = probe_json_path(output, src.run_dir)
     section, cfg = resolve_settings(src, data, probes, layers, encoder, overrides)
     dev = _device(device)
+    model, desc = source_encoder(src, cfg.encoder, section, cfg.seed)  # a bad file is refused before data loads
     probe_data = build_probe_data(section)
-    model, desc = source_encoder(src, cfg.encoder, section, cfg.seed)
     model = model.to(dev)
     baseline = None
     if cfg.random_init_baseline:
@@ -96,17 +96,20 @@ def run_probe_command(
     return doc, path
 
 
-def probe_json_path(output: Path | None, run_dir: Path | None) -> Path:
+def probe_json_path(output: str | Path | None, run_dir: Path | None) -> Path:
     """Where probe.json goes: ``--output`` (a ``.json`` file, or a folder: its ``probe.json``), else the run
     folder's, else ``./probe.json``; checked writable (:func:`jepaflow.outputs.check_output_file`), so that a bad
     place is one message before any feature is computed."""
     from jepaflow.outputs import check_output_file
 
-    if output is not None:
-        path = output / "probe.json" if output.is_dir() or not output.suffix else output
-    else:
-        path = (run_dir or Path(".")) / "probe.json"
-    return check_output_file(path, (".json",), "--output" if output is not None else "probe.json path")
+    if output is None:
+        return check_output_file((run_dir or Path(".")) / "probe.json", (".json",), "probe.json path")
+    text = str(output)
+    if not text.strip() or "\0" in text:  # refused by check_output_file with its own message
+        return check_output_file(text, (".json",), "--output")
+    out = Path(text)
+    path = out / "probe.json" if out.is_dir() or not out.suffix else out
+    return check_output_file(path, (".json",), "--output")
 
 
 def resolve_settings(src: Any, data: str | None, probes: str | None, layers: str | None, encoder: str | None,
