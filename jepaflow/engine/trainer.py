@@ -532,7 +532,13 @@ def run_probe(recipe: Recipe, objective: torch.nn.Module, device: torch.device, 
     returns the headline accuracies (for summary.json), or why the probe was skipped."""
     from jepaflow.probes.cache import FeatureCache, cache_root
     from jepaflow.probes.data import build_probe_data, resolve_data_section
-    from jepaflow.probes.evaluate import accuracies, pick_encoder, probe_encoder, summary_line, write_probe_json
+    from jepaflow.probes.evaluate import (
+        accuracies,
+        pick_encoder,
+        probe_encoder,
+        summary_line,
+        write_probe_json,
+    )
 
     cfg = recipe.probe
     data = build_probe_data(resolve_data_section(recipe.to_dict()["data"]), require_labels=False)
