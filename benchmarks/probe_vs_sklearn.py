@@ -17,8 +17,12 @@ second run does not run the encoder), standardized with the train split's statis
 Both solvers minimize the same strictly convex objective, so a converged solver reaches the same minimum: the
 accuracies should agree up to ties and the tolerance (the target is within 0.5 point).
 
-    python benchmarks/probe_vs_sklearn.py --data recipes/fashion_mnist_ijepa.yaml --sources pixels runs/fashion_mnist_ijepa \
-        --layers last last4 --out docs/probes_vs_sklearn.md
+Learned features need a checkpoint: give a run folder in ``--sources``, or ``--train-steps N`` to train the
+``--train-recipe`` (default: the Fashion-MNIST I-JEPA recipe, one-epoch schedule) for N steps first, into
+``--train-dir`` (reused when it already holds a checkpoint):
+
+    python benchmarks/probe_vs_sklearn.py --data recipes/fashion_mnist_ijepa.yaml --sources pixels \
+        --train-steps 150 --layers last last4 --out /tmp/probe_vs_sklearn.md
 """
 
 from __future__ import annotations
@@ -91,6 +95,24 @@ def features(source: str, data: str, layers: str, role: str | None, overrides: l
         role=desc.get("role"))
     desc.update({"cache": status, "extract_seconds": seconds, "cfg": cfg})
     return train, test, desc
+
+
+def train_run(recipe: Path, steps: int, run_dir: Path) -> Path:
+    """A short run of ``recipe`` (``steps`` optimizer steps on a one-epoch schedule, no end-of-run probe) in
+    ``run_dir``; an existing checkpoint there is reused."""
+    from jepaflow.config import load_recipe
+    from jepaflow.engine.trainer import train
+
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        print(f"reusing the run in {run_dir}", file=sys.stderr)
+        return run_dir
+    overrides = [f"output_dir={run_dir}", "optim.epochs=1", "optim.warmup_epochs=0.1", f"train.max_steps={steps}",
+                 "probe.enabled=false", "train.progress=false", "train.monitor_every=null"]
+    print(f"training {recipe} for {steps} steps into {run_dir}", file=sys.stderr)
+    t0 = time.perf_counter()
+    train(load_recipe(recipe, overrides))
+    print(f"trained in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return run_dir
 
 
 def adamw_budget(x: torch.Tensor, y: torch.Tensor, num_classes: int, steps: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,7 +201,12 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="recipe or data-section YAML (as jepaflow probe --data)")
-    p.add_argument("--sources", nargs="+", required=True, help="pixels, run folders, checkpoints, ...")
+    p.add_argument("--sources", nargs="+", default=[], help="pixels, run folders, checkpoints, ...")
+    p.add_argument("--train-steps", type=int, default=None,
+                   help="train --train-recipe for this many steps first and compare its features too")
+    p.add_argument("--train-recipe", type=Path, default=REPO_ROOT / "recipes" / "fashion_mnist_ijepa.yaml")
+    p.add_argument("--train-dir", type=Path, default=None,
+                   help="run folder of --train-steps (default: /tmp/jepaflow-probe-vs-sklearn/<recipe>-<steps>)")
     p.add_argument("--layers", nargs="+", default=["last"], choices=["last", "last4"])
     p.add_argument("--encoders", nargs="+", default=[None], metavar="ROLE",
                    help="encoder roles of run/checkpoint sources (default: the representation encoder)")
@@ -197,13 +224,19 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     command = "python benchmarks/probe_vs_sklearn.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     head = machine_lines(command)
+    sources = list(args.sources)
+    if args.train_steps:
+        run_dir = args.train_dir or Path("/tmp/jepaflow-probe-vs-sklearn") / f"{args.train_recipe.stem}-{args.train_steps}"
+        sources.append(str(train_run(args.train_recipe, args.train_steps, run_dir)))
+    if not sources:
+        raise SystemExit("give --sources and/or --train-steps")
     rows: list[dict[str, Any]] = []
-    for source in args.sources:
+    for source in sources:
         single = source == "pixels" or source.startswith("timm:")
         for role in [None] if single else args.encoders:
             for layers in ["last"] if source == "pixels" else args.layers:
                 rows += compare(source, args.data, layers, role, args.C, args.overrides)
-    report = "\n".join(["## Linear probe: jepaflow vs scikit-learn", "", *head,
+    report = "\n".join(["## Linear probe vs scikit-learn", "", *head,
                         f"- load average at end: {load_average()}", "", *table(rows), ""])
     print(report)
     if args.out:

@@ -8,7 +8,9 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from conftest import TINY_RECIPE, merge
 from typer.testing import CliRunner
 
@@ -181,3 +183,39 @@ def test_probe_notes_flag_grid_edges_unconverged_fits_and_skips():
     doc["probes"]["linear"]["hyperparameters"]["C"] = 1.0
     doc["probes"]["linear"]["solver"] = {"refit": {"converged": True}}
     assert probe_notes({**doc, "skipped": {}}) == []
+
+
+@pytest.mark.skipif(not FMNIST.is_dir(), reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+def test_pixel_floor_on_a_fashion_mnist_subset_matches_scikit_learn(tmp_path):
+    """`jepaflow probe pixels` on 5,000 train / 2,000 test images (evenly spaced) against scikit-learn's
+    LogisticRegression on the same standardized pixels and the same C: the linear probe solves the same convex
+    problem, so the two agree to well under a point; both are far above chance (10%)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from jepaflow.probes.data import build_probe_data, resolve_data_section
+    from jepaflow.probes.features import subset_indices
+
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "fashion_mnist_ijepa.yaml"
+    res = invoke("probe", "pixels", "--data", str(recipe), "--probe", "linear,knn", "--no-cache",
+                 "--set", "probe.train_samples=5000", "--set", "probe.test_samples=2000",
+                 "--set", "probe.linear_C=[1.0]", "--output", str(tmp_path))
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "probe.json").read_text())
+    assert doc["data"]["splits"] == {"train": 5000, "fit": 4500, "val": 500, "test": 2000}
+    assert doc["probes"]["linear"]["solver"]["refit"]["converged"]
+
+    data = build_probe_data(resolve_data_section({"name": "fashion_mnist"}))
+
+    def pixels(split, cap):
+        items = [split[i] for i in subset_indices(len(split), cap)]
+        return torch.stack([im for im, _ in items]).flatten(1).numpy(), np.array([y for _, y in items])
+
+    x_tr, y_tr = pixels(data.train, 5000)
+    x_te, y_te = pixels(data.test, 2000)
+    scaler = StandardScaler().fit(x_tr)
+    ref = LogisticRegression(C=1.0, tol=1e-4, max_iter=5000).fit(scaler.transform(x_tr), y_tr)
+    ref_acc = float((ref.predict(scaler.transform(x_te)) == y_te).mean())
+    ours = doc["probes"]["linear"]["accuracy"]
+    assert ours > 0.75 and doc["probes"]["knn"]["accuracy"] > 0.7, doc["probes"]
+    assert abs(ours - ref_acc) <= 0.005, (ours, ref_acc)
