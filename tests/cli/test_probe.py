@@ -5,7 +5,6 @@ raw-pixel floor on Fashion-MNIST (a subset, against scikit-learn)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
