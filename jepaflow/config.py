@@ -155,31 +155,96 @@ class TrainConfig(_Strict):
     )
 
 
-class ProbeConfig(_Strict):
-    """Frozen-feature probes (kNN, linear) run at the end of training on the recipe's data set."""
+#: probe fields of earlier versions, accepted and ignored (with a warning) so that stored recipes and checkpoints
+#: still load: the linear probe now solves its problem to convergence instead of running a fixed AdamW budget.
+LEGACY_PROBE_FIELDS = ("linear_epochs", "linear_lr", "linear_weight_decay")
 
-    enabled: bool = Field(False, description="run the probe after training")
-    kinds: list[Literal["knn", "linear"]] = Field(
-        ["knn", "linear"], min_length=1, max_length=2, description="which probes (at least one)"
+
+class ProbeConfig(_Strict):
+    """Frozen-feature probes: run at the end of training (``enabled``) and by ``jepaflow probe``, with the same
+    code and the same numbers. Every protocol is stated in docs/probes.md."""
+
+    enabled: bool = Field(False, description="run the probes after training")
+    kinds: tuple[Literal["knn", "linear", "attentive", "lowshot"], ...] = Field(
+        ("knn", "linear"), min_length=1, max_length=4, description="which probes to run, in this order"
+    )
+    encoder: str | None = Field(
+        None, min_length=1, max_length=64, description="encoder role to probe (a key of the objective's encoders(), "
+        "e.g. target or context); None: the objective's representation encoder"
+    )
+    layers: Literal["last", "last4"] = Field(
+        "last", description="last: pooled last-layer tokens after the final norm; last4: the pooled outputs of "
+        "the last 4 blocks, concatenated (linear, kNN and low-shot; attentive always reads the last layer)"
     )
     train_samples: int | None = Field(None, ge=1, le=2**40, description="cap on labelled train images (None: all)")
     test_samples: int | None = Field(None, ge=1, le=2**40, description="cap on test images (None: all)")
+    val_fraction: float = Field(
+        0.1, gt=0, lt=1, description="fraction of the train split held out (stratified) to choose hyper-parameters"
+    )
+    seed: int = Field(
+        0, ge=0, le=2**32 - 1, description="seed of the validation split, the low-shot draws, the attentive heads "
+        "and a timm:NAME source's initialization"
+    )
+    batch_size: int = Field(256, ge=1, le=MAX_BATCH, description="feature extraction batch size")
     knn_k: int = Field(20, ge=1, le=100_000, description="neighbours for the kNN probe (cosine similarity, vote weighted)")
     knn_temperature: float = Field(0.07, ge=1e-3, le=100, description="kNN vote temperature (Wu et al. 2018)")
-    linear_epochs: int = Field(100, ge=1, le=1_000_000, description="full-batch AdamW steps of the linear probe (standardized features, zero init)")
-    linear_lr: float = Field(1e-2, gt=0, le=MAX_LR, description="linear probe learning rate")
-    linear_weight_decay: float = Field(1e-4, ge=0, le=MAX_WEIGHT_DECAY, description="linear probe weight decay")
-    batch_size: int = Field(256, ge=1, le=MAX_BATCH, description="feature extraction batch size")
+    linear_C: tuple[Annotated[float, Field(gt=0, le=1e6)], ...] = Field(
+        (0.001, 0.01, 0.1, 1.0, 10.0, 100.0), min_length=1, max_length=64,
+        description="grid of inverse L2 strengths C (scikit-learn's meaning) for the logistic regression",
+    )
+    linear_max_iter: int = Field(1000, ge=1, le=1_000_000, description="L-BFGS iterations at most per fit")
+    linear_tol: float = Field(
+        1e-4, gt=0, le=1, description="L-BFGS stops when max |gradient| of the mean loss is below this"
+    )
+    attentive_lr: tuple[Annotated[float, Field(gt=0, le=MAX_LR)], ...] = Field(
+        (1e-3, 3e-4), min_length=1, max_length=64, description="grid of AdamW peak learning rates"
+    )
+    attentive_weight_decay: tuple[Annotated[float, Field(ge=0, le=MAX_WEIGHT_DECAY)], ...] = Field(
+        (1e-3,), min_length=1, max_length=64, description="grid of AdamW weight decays"
+    )
+    attentive_epochs: int = Field(20, ge=1, le=100_000, description="epochs of each attentive head's training")
+    attentive_batch_size: int = Field(256, ge=1, le=MAX_BATCH, description="attentive head training batch size")
+    attentive_heads: int | None = Field(
+        None, ge=1, le=1024, description="attention heads of the attentive head (None: the encoder's num_heads)"
+    )
+    lowshot_per_class: tuple[Annotated[int, Field(ge=1, le=1 << 20)], ...] = Field(
+        (1, 5, 10), max_length=64, description="low-shot settings: labelled images per class"
+    )
+    lowshot_fractions: tuple[Annotated[float, Field(gt=0, le=1)], ...] = Field(
+        (0.01, 0.1), max_length=64, description="low-shot settings: fractions of the labels"
+    )
+    lowshot_draws: int = Field(3, ge=3, le=1000, description="label draws per low-shot setting (mean and std reported)")
     random_init_baseline: bool = Field(
         False, description="also probe the same encoder at its random initialization (the floor SSL must beat)"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_legacy_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(k in data for k in LEGACY_PROBE_FIELDS):
+            import warnings
+
+            found = [k for k in LEGACY_PROBE_FIELDS if k in data]
+            warnings.warn(
+                f"probe.{', probe.'.join(found)} no longer exist and are ignored: the linear probe is solved to "
+                "convergence (L-BFGS) with C chosen from probe.linear_C on a validation split (docs/probes.md)",
+                FutureWarning, stacklevel=2,
+            )
+            data = {k: v for k, v in data.items() if k not in LEGACY_PROBE_FIELDS}
+        return data
+
     @field_validator("kinds")
     @classmethod
-    def _distinct(cls, kinds: list[str]) -> list[str]:
+    def _distinct(cls, kinds: tuple[str, ...]) -> tuple[str, ...]:
         if len(set(kinds)) != len(kinds):
-            raise ValueError(f"lists a probe twice ({kinds})")
+            raise ValueError(f"lists a probe twice ({', '.join(kinds)})")
         return kinds
+
+    @model_validator(mode="after")
+    def _lowshot_has_settings(self) -> ProbeConfig:
+        if "lowshot" in self.kinds and not (self.lowshot_per_class or self.lowshot_fractions):
+            raise ValueError("lowshot needs at least one setting in lowshot_per_class or lowshot_fractions")
+        return self
 
 
 class RecipeModel(_Strict):

@@ -35,6 +35,12 @@ def merge(base: dict, patch: dict) -> dict:
     return out
 
 
+@pytest.fixture(autouse=True)
+def _feature_cache(tmp_path_factory, monkeypatch):
+    """Probes cache features under $JEPAFLOW_CACHE: a fresh folder per test, never the user's ~/.cache."""
+    monkeypatch.setenv("JEPAFLOW_CACHE", str(tmp_path_factory.mktemp("feature-cache")))
+
+
 @pytest.fixture
 def tiny_recipe(tmp_path):
     """A function returning a tiny recipe dict (deep-merged with the given patch), its output under tmp_path."""

@@ -43,7 +43,8 @@ def verdicts(output: str) -> dict[str, str]:
 
 def test_the_package_keeps_every_import_contract():
     assert set(CONTRACTS) == {
-        "engine-imports-no-method", "methods-import-no-engine", "plugin-kinds-independent", "layers-import-no-plugin"
+        "engine-imports-no-method", "methods-import-no-engine", "plugin-kinds-independent", "layers-import-no-plugin",
+        "probes-below-loop-and-cli",
     }
     result = lint_imports(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -56,6 +57,7 @@ VIOLATIONS = {
     "methods-import-no-engine": ("encoders/_bad.py", "from jepaflow.engine import trainer\n"),
     "plugin-kinds-independent": ("predictors/_bad.py", "from jepaflow.encoders.vit import VisionTransformerEncoder\n"),
     "layers-import-no-plugin": ("layers/_bad.py", "def f():\n    import jepaflow.maskers.multiblock\n"),
+    "probes-below-loop-and-cli": ("probes/_bad.py", "from jepaflow.engine.trainer import train\n"),
 }
 
 

@@ -5,6 +5,7 @@ Commands::
     jepaflow run RECIPE [--set PATH=VALUE]... [--output DIR] [--resume]
     jepaflow validate RECIPE [--set PATH=VALUE]...
     jepaflow masks RECIPE --output masks.png [--batch-size N] [--batches N] [--set PATH=VALUE]...
+    jepaflow probe SOURCE [--data RECIPE] [--probe linear,knn,attentive,lowshot] [--layers last|last4] [--set ...]
     jepaflow plugins list
     jepaflow plugins show NAME [--kind KIND]
     jepaflow export RUN_OR_CHECKPOINT --output DIR [--which ROLE] [--timm/--no-timm]
@@ -393,6 +394,12 @@ def _print_mask_stats(stats: dict[str, Any], masker_name: str, grid: tuple[int, 
             continue  # per-patch frequency maps: drawn in the PNG, not printed
         table.add_row(key.replace("_", " "), _fmt_value(s))
     out.print(table)
+
+
+# ------------------------------------------------------------------------------------------------ probe
+from jepaflow.cli.probe import PROBE_HELP, probe  # noqa: E402  (typer only; the work is imported inside)
+
+app.command("probe", help=PROBE_HELP)(probe)
 
 
 # ------------------------------------------------------------------------------------------------ plugins

@@ -189,18 +189,24 @@ class TrainStep:
             tensors = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
         return nonfinite_count(tensors)
 
-    def representation_encoder(self) -> torch.nn.Module | None:
-        """The encoder the probes evaluate. Under FSDP (a collective: every rank must call it) an unsharded copy
-        on rank 0, None on the other ranks."""
+    def probe_objective(self) -> Objective | None:
+        """The objective whose encoders the probes evaluate (``probe.encoder`` picks the role). Under FSDP (a
+        collective: every rank must call it) an unsharded copy on rank 0, None on the other ranks."""
         if not self.fsdp:
-            return self.objective.representation_encoder()
+            return self.objective
         weights = self.state_dict()["objective"]
         if not weights:
             return None
         with torch.random.fork_rng(devices=[]):
             copy = build_objective(self.recipe)
         copy.load_state_dict(weights)
-        return copy.representation_encoder().to(self.device)
+        return copy.to(self.device)
+
+    def representation_encoder(self) -> torch.nn.Module | None:
+        """The objective's representation encoder (see :meth:`probe_objective`; None on ranks other than 0 under
+        FSDP)."""
+        objective = self.probe_objective()
+        return None if objective is None else objective.representation_encoder()
 
     def _grad_sync(self, last: bool):
         """DDP/FSDP: reduce gradients only after the last micro-batch of the step."""
@@ -495,7 +501,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
         "run_dir": str(run_dir), "step": step, "total_steps": total_steps, "finished": step >= total_steps,
         "stopped_by": stopped_by, "last": last_record, "skipped_images": skipped_images,
     }
-    probed = trainer.representation_encoder() if stopped_by is None and recipe.probe.enabled else None  # all ranks
+    probed = trainer.probe_objective() if stopped_by is None and recipe.probe.enabled else None  # all ranks
     if stopped_by is not None:
         summary["exit_code"] = 130 if stopped_by == "SIGINT" else 143
         if info.is_main:
@@ -507,43 +513,54 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
         if recipe.probe.enabled:
             try:
                 with faults.raise_on_stop_signals():
-                    summary["probe"] = run_probe(recipe, probed, info.device)
+                    summary["probe"] = run_probe(recipe, probed, info.device, run_dir, step)  # writes probe.json
             except faults.StopSignal as sig:  # training is complete and checkpointed: say so, keep the summary
                 summary["probe"] = {"skipped": f"stopped by {sig.name} during the probe"}
                 summary["exit_code"] = sig.exit_code
+                (run_dir / "probe.json").write_text(json.dumps(summary["probe"], indent=2))
                 print(f"jepaflow: stopped by {sig.name} during the end-of-run probe; training is complete and its "
                       f"checkpoint is {last_ckpt}", flush=True)
-            (run_dir / "probe.json").write_text(json.dumps(summary["probe"], indent=2))
-            pr = summary["probe"]
-            print("jepaflow: probe accuracy " + ", ".join(
-                f"{k} {pr[k] * 100:.2f}%" + (f" (random init: {pr[k + '_random_init'] * 100:.2f}%)"
-                                              if k + "_random_init" in pr else "")
-                for k in recipe.probe.kinds if k in pr), flush=True)
     if info.is_main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 
-def run_probe(recipe: Recipe, encoder: torch.nn.Module, device: torch.device) -> dict[str, Any]:
-    """Frozen-feature probes of ``encoder`` on the recipe's data set (train split fits, test split scores)."""
-    from jepaflow.probes.features import run_probes
+def run_probe(recipe: Recipe, objective: torch.nn.Module, device: torch.device, run_dir: str | Path | None = None,
+              step: int | None = None) -> dict[str, Any]:
+    """The end-of-run probe (``recipe.probe``): :func:`jepaflow.probes.evaluate.probe_encoder`, the code that
+    ``jepaflow probe RUN_DIR`` runs, so both give the same numbers. Writes ``probe.json`` into ``run_dir``;
+    returns the headline accuracies (for summary.json), or why the probe was skipped."""
+    from jepaflow.probes.cache import FeatureCache, cache_root
+    from jepaflow.probes.data import build_probe_data, resolve_data_section
+    from jepaflow.probes.evaluate import (
+        accuracies,
+        pick_encoder,
+        probe_encoder,
+        summary_line,
+        write_probe_json,
+    )
 
-    train_ds = build_dataset(recipe, "train", augment=False)
-    test_ds = build_dataset(recipe, "test", augment=False)
-    if getattr(train_ds, "num_classes", None) is None:
+    cfg = recipe.probe
+    data = build_probe_data(resolve_data_section(recipe.to_dict()["data"]), require_labels=False)
+    if data.num_classes is None:
         return {"skipped": "the data set has no labels"}
-    t0 = time.perf_counter()
-    result = run_probes(encoder, train_ds, test_ds, recipe.probe, device)
-    out = {k: float(v) for k, v in result.items()}
-    if recipe.probe.random_init_baseline:
-        # The same architecture at the run's initialization (same seed): what the probe gets for free.
-        with torch.random.fork_rng(devices=[]):
+    encoder, role = pick_encoder(objective, cfg.encoder, "the run")
+    baseline = None
+    if cfg.random_init_baseline:  # the same architecture at the run's initialization: what the probe gets for free
+        with torch.random.fork_rng(devices=[]):  # exactly as the run started: seed, then build
             torch.manual_seed(recipe.seed)
-            fresh = build_objective(recipe).representation_encoder().to(device)
-        base = run_probes(fresh, train_ds, test_ds, recipe.probe, device)
-        out.update({f"{k}_random_init": float(v) for k, v in base.items()})
-    out["seconds"] = round(time.perf_counter() - t0, 1)
-    return out
+            fresh = build_objective(recipe)
+        baseline = pick_encoder(fresh, cfg.encoder, "the run")[0]
+        baseline = baseline.to(device).eval().requires_grad_(False)
+    source = {"kind": "run", "spec": None if run_dir is None else str(run_dir), "role": role, "step": step,
+              "path": None if run_dir is None else str(Path(run_dir) / "checkpoints" / "last.pt"),
+              "objective": recipe.components["objective"].name, "run_dir": None if run_dir is None else str(run_dir)}
+    doc = probe_encoder(encoder, data, cfg, source=source, device=device, cache=FeatureCache(cache_root()),
+                        baseline=baseline, log=lambda msg: print(f"jepaflow: probe {msg}", flush=True))
+    if run_dir is not None:
+        write_probe_json(doc, Path(run_dir) / "probe.json")
+    print(f"jepaflow: probe accuracy {summary_line(doc)}", flush=True)
+    return {**accuracies(doc), "seconds": doc["seconds"]["total"]}
 
 
 __all__ = ["TrainStep", "autocast_for", "train", "run_probe"]

@@ -1,23 +1,32 @@
-"""Frozen features of an encoder, and the probes run on them.
+"""Frozen features of an encoder, as the probes read them.
 
-An image's feature is the mean of the encoder's output patch tokens, ``(B, N, D) -> (B, D)``: I-JEPA has no
-[CLS] token and its linear evaluation uses average-pooled patch representations (Assran et al., CVPR 2023,
-section 5 and appendix). The encoder is run in eval mode under ``torch.no_grad`` and left in the mode it was in.
+* ``layers="last"``: the encoder's output tokens ``(B, N, D)`` (after its final norm) pooled by the encoder's
+  own :meth:`~jepaflow.interfaces.Encoder.pool` (the mean over tokens for the ViTs: I-JEPA has no [CLS] token and
+  evaluates average-pooled patch representations, Assran et al., CVPR 2023, sec. 5) -> ``(B, D)``.
+* ``layers="last4"``: the outputs of the last 4 blocks (:meth:`~jepaflow.interfaces.Encoder.forward_layers`,
+  *before* the final norm), each pooled, concatenated -> ``(B, 4 D)``, the multi-layer features of the
+  I-JEPA paper's evaluation. The final norm is not applied to each block's output, as in MSN's
+  ``forward_blocks`` (facebookresearch/msn ``src/deit.py``; its ``linear_eval.py`` sets ``encoder.norm = None``;
+  MSN shares I-JEPA's first author), whereas DINO's ``get_intermediate_layers`` (facebookresearch/dino
+  ``vision_transformer.py``) normalizes each one. The linear and low-shot probes standardize every feature
+  dimension afterwards (docs/probes.md).
+* tokens, for the attentive probe: the last layer's output tokens ``(B, N, D)``, stored as float16.
+
+The encoder runs in eval mode under ``torch.no_grad``, in float32, and is left in the mode it was in.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
-from jepaflow.config import ProbeConfig
-from jepaflow.errors import DataError
-from jepaflow.probes.knn import knn_accuracy
-from jepaflow.probes.linear import linear_probe_accuracy
+from jepaflow.errors import DataError, JepaflowError
+
+#: blocks concatenated by ``layers="last4"``
+LAST_BLOCKS = 4
 
 
 def subset_indices(num_items: int, max_items: int | None) -> list[int]:
@@ -31,6 +40,54 @@ def subset_indices(num_items: int, max_items: int | None) -> list[int]:
     return [(i * num_items) // max_items for i in range(max_items)]
 
 
+def check_layers(encoder: nn.Module, layers: str) -> None:
+    """Refuse, before any image is encoded, ``layers="last4"`` on an encoder that does not declare the
+    ``intermediate_layers`` capability (:data:`jepaflow.interfaces.ENCODER_CAPABILITIES`) or has fewer than 4
+    blocks (``depth``, when it declares ``transformer_dims``)."""
+    if layers == "last":
+        return
+    if layers != "last4":
+        raise ValueError(f"unknown layers {layers!r}")
+    name = type(encoder).__name__
+    fix = "probe with layers: last (--layers last)"
+    if "intermediate_layers" not in getattr(encoder, "capabilities", ()):
+        raise JepaflowError(f"layers=last4 needs the outputs of the last {LAST_BLOCKS} blocks, but {name} does not "
+                            "declare the 'intermediate_layers' capability", fix)
+    depth = getattr(encoder, "depth", None)
+    if isinstance(depth, int) and depth < LAST_BLOCKS:
+        raise JepaflowError(f"layers=last4 needs {LAST_BLOCKS} blocks, but this {name} has {depth}", fix)
+
+
+def pooled_features(encoder: nn.Module, images: Tensor, layers: str = "last") -> Tensor:
+    """``(B, C, H, W)`` images -> ``(B, F)`` features (module docstring): ``F = D`` for ``"last"``, ``4 D`` for
+    ``"last4"``."""
+    if layers == "last":
+        return encoder.pool(encoder(images))
+    check_layers(encoder, layers)
+    try:
+        outputs = encoder.forward_layers(images, LAST_BLOCKS)  # oldest first, each (B, N, D)
+    except (TypeError, ValueError) as exc:  # declared but refused (e.g. fewer blocks than asked)
+        raise JepaflowError(f"layers=last4 needs the outputs of the last {LAST_BLOCKS} blocks, but "
+                            f"{type(encoder).__name__} cannot give them: {exc}",
+                            "probe with layers: last (--layers last)") from None
+    return torch.cat([encoder.pool(x) for x in outputs], dim=1)
+
+
+@dataclass
+class SplitFeatures:
+    """What the probes read of one split.
+
+    Attributes:
+        labels: ``(N,)`` int64.
+        pooled: ``(N, F)`` float32 pooled features, or None when not asked for.
+        tokens: ``(N, T, D)`` float16 last-layer tokens, or None when not asked for.
+    """
+
+    labels: Tensor
+    pooled: Tensor | None = None
+    tokens: Tensor | None = None
+
+
 @torch.no_grad()
 def extract_features(
     encoder: nn.Module,
@@ -38,144 +95,48 @@ def extract_features(
     batch_size: int,
     device: torch.device | str,
     max_items: int | None = None,
+    layers: str = "last",
+    pooled: bool = True,
+    tokens: bool = False,
     num_workers: int = 0,
-    amp_dtype: torch.dtype | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Pooled features of ``dataset`` (items ``(image (C, H, W), label)``).
-
-    Args:
-        encoder: maps ``(B, C, H, W)`` to patch tokens ``(B, N, D)``; must already be on ``device``.
-        dataset: read in order (see :func:`subset_indices` for ``max_items``), with a plain DataLoader.
-        amp_dtype: run the encoder under autocast with this dtype (e.g. ``torch.bfloat16`` on CUDA); the
-            features are returned in float32 either way.
-
-    Returns ``(feats (N, D) float32, labels (N,) int64)``, on the CPU.
-    """
+) -> SplitFeatures:
+    """Run ``encoder`` (already on ``device``) over ``dataset`` (items ``(image (C, H, W), label)``, read in order,
+    capped by :func:`subset_indices`) and keep the pooled features and/or the last-layer tokens, on the CPU."""
+    if not hasattr(encoder, "pool"):
+        raise TypeError(f"{type(encoder).__name__} is not a jepaflow Encoder (it has no pool method)")
     device = torch.device(device)
     indices = subset_indices(len(dataset), max_items)
-    loader = DataLoader(
-        Subset(dataset, indices),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-    )
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
     was_training = encoder.training
     encoder.eval()
-    feats: Tensor | None = None
     labels = torch.empty(len(indices), dtype=torch.long)
+    feats: Tensor | None = None
+    toks: Tensor | None = None
     try:
         start = 0
         for images, batch_labels in loader:
             images = images.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                tokens = encoder(images)  # (B, N, D)
-            pooled = tokens.float().mean(dim=1)  # (B, D)
-            if feats is None:  # width known only now; filled on the device, copied to the host once
-                feats = torch.empty(len(indices), pooled.shape[1], dtype=torch.float32, device=device)
-            end = start + pooled.shape[0]
-            feats[start:end] = pooled
+            end = start + images.shape[0]
+            last = None
+            if tokens or (pooled and layers == "last"):
+                last = encoder(images)  # (B, T, D), after the final norm
+            if tokens:
+                if toks is None:  # sizes known only now; kept on the host (tokens can be large)
+                    toks = torch.empty(len(indices), *last.shape[1:], dtype=torch.float16)
+                toks[start:end] = last.to("cpu", torch.float16)
+            if pooled:
+                f = encoder.pool(last) if layers == "last" else pooled_features(encoder, images, layers)
+                if feats is None:
+                    feats = torch.empty(len(indices), f.shape[1], dtype=torch.float32, device=device)
+                feats[start:end] = f.float()
             labels[start:end] = torch.as_tensor(batch_labels, dtype=torch.long)
             start = end
     finally:
         encoder.train(was_training)
-    if feats is None:
-        raise DataError("cannot extract features from an empty data set", "check the data section of the recipe")
-    return feats.cpu(), labels
+    if start == 0:
+        raise DataError("cannot extract features from an empty data set", "check the data section")
+    return SplitFeatures(labels, None if feats is None else feats.cpu(), toks)
 
 
-@dataclass(frozen=True)
-class ProbeResult:
-    """What the probes measured.
-
-    Attributes:
-        accuracies: probe kind (``"knn"``, ``"linear"``) -> top-1 test accuracy in [0, 1].
-        num_train, num_test: labelled items used on each side.
-        feature_dim: ``D``.
-        seconds: wall time of ``"features"`` (both splits) and of each probe.
-    """
-
-    accuracies: dict[str, float]
-    num_train: int
-    num_test: int
-    feature_dim: int
-    seconds: dict[str, float] = field(default_factory=dict)
-
-
-def evaluate_features(
-    train_feats: Tensor,
-    train_labels: Tensor,
-    test_feats: Tensor,
-    test_labels: Tensor,
-    cfg: ProbeConfig,
-    num_classes: int | None = None,
-    device: torch.device | str = "cpu",
-) -> ProbeResult:
-    """Run the probes of ``cfg.kinds`` on given features (moved to ``device``)."""
-    if num_classes is None:
-        num_classes = int(max(int(train_labels.max()), int(test_labels.max()))) + 1
-    train_feats, test_feats = train_feats.to(device), test_feats.to(device)
-    train_labels, test_labels = train_labels.to(device), test_labels.to(device)
-    accuracies: dict[str, float] = {}
-    seconds: dict[str, float] = {}
-    for kind in cfg.kinds:
-        t0 = time.perf_counter()
-        if kind == "knn":
-            accuracies[kind] = knn_accuracy(
-                train_feats, train_labels, test_feats, test_labels,
-                k=cfg.knn_k, temperature=cfg.knn_temperature, num_classes=num_classes,
-            )
-        elif kind == "linear":
-            accuracies[kind] = linear_probe_accuracy(
-                train_feats, train_labels, test_feats, test_labels,
-                epochs=cfg.linear_epochs, lr=cfg.linear_lr, weight_decay=cfg.linear_weight_decay,
-                seed=0, num_classes=num_classes,
-            )
-        else:  # ProbeConfig validates kinds; this guards a config built without validation
-            raise ValueError(f"unknown probe kind {kind!r}")
-        seconds[kind] = time.perf_counter() - t0
-    return ProbeResult(accuracies, len(train_labels), len(test_labels), train_feats.shape[1], seconds)
-
-
-def probe_encoder(
-    encoder: nn.Module,
-    train_ds: torch.utils.data.Dataset,
-    test_ds: torch.utils.data.Dataset,
-    cfg: ProbeConfig,
-    device: torch.device | str,
-    num_workers: int = 0,
-    amp_dtype: torch.dtype | None = None,
-) -> ProbeResult:
-    """Extract features of both splits (capped by ``cfg.train_samples`` / ``cfg.test_samples``), then run
-    the probes of ``cfg.kinds``. The data sets should use the deterministic (``augment=False``) transform."""
-    num_classes = getattr(train_ds, "num_classes", None)
-    if num_classes is None:
-        raise DataError(
-            f"the probe needs labels, but data set {type(train_ds).__name__} has none (num_classes is None)",
-            "probe on a labelled data set, or set probe.enabled: false",
-        )
-    t0 = time.perf_counter()
-    train_feats, train_labels = extract_features(
-        encoder, train_ds, cfg.batch_size, device, cfg.train_samples, num_workers, amp_dtype
-    )
-    test_feats, test_labels = extract_features(
-        encoder, test_ds, cfg.batch_size, device, cfg.test_samples, num_workers, amp_dtype
-    )
-    t_features = time.perf_counter() - t0
-    result = evaluate_features(train_feats, train_labels, test_feats, test_labels, cfg, num_classes, device)
-    return ProbeResult(
-        result.accuracies, result.num_train, result.num_test, result.feature_dim,
-        {"features": t_features, **result.seconds},
-    )
-
-
-def run_probes(
-    encoder: nn.Module,
-    train_ds: torch.utils.data.Dataset,
-    test_ds: torch.utils.data.Dataset,
-    cfg: ProbeConfig,
-    device: torch.device | str,
-) -> dict[str, float]:
-    """``{"knn": acc, "linear": acc}`` (the kinds in ``cfg.kinds``; accuracies in [0, 1]); see
-    :func:`probe_encoder` for the details and timings."""
-    return dict(probe_encoder(encoder, train_ds, test_ds, cfg, device).accuracies)
+__all__ = ["LAST_BLOCKS", "SplitFeatures", "check_layers", "extract_features", "pooled_features", "subset_indices"]
