@@ -368,13 +368,14 @@ def execute(run: PlannedRun, stop: StopRequest, on_poll: Callable[[PlannedRun, i
 
 
 def headline(run_dir: Path) -> str:
-    """``linear 84.1%, knn 83.0%`` from a finished run's summary.json."""
+    """`` (linear 84.1%, knn 83.0%)`` from a finished run's summary.json (empty without a probe)."""
     summary = _read_json(run_dir / "summary.json")
     probe = summary.get("probe") if isinstance(summary, dict) else None
     if not isinstance(probe, dict):
         return ""
-    return ", ".join(f"{k} {v * 100:.1f}%" for k, v in probe.items()
+    text = ", ".join(f"{k} {v * 100:.1f}%" for k, v in probe.items()
                      if isinstance(v, (int, float)) and k != "seconds" and not k.endswith("_random_init"))
+    return f" ({text})" if text else ""
 
 
 def run_sweep(runs: list[PlannedRun], output: Path, seeds: Sequence[int], overrides: Sequence[str],
@@ -403,7 +404,7 @@ def run_sweep(runs: list[PlannedRun], output: Path, seeds: Sequence[int], overri
             for run in selected:
                 run.state = run_state(run.run_dir, run.recipe)
                 if run.state == "done":
-                    progress.console.print(f"[dim]skip[/] {run.name}: finished ({headline(run.run_dir)})")
+                    progress.console.print(f"[dim]skip[/] {run.name}: finished{headline(run.run_dir)}")
                     progress.advance(overall)
                     continue
                 if stop.signum is not None:
@@ -419,8 +420,8 @@ def run_sweep(runs: list[PlannedRun], output: Path, seeds: Sequence[int], overri
                 progress.update(current, visible=False)
                 write_manifest(manifest(runs, output, seeds, overrides, command), output)
                 if run.outcome == "done":
-                    progress.console.print(f"[green]done[/] {run.name} in {run.seconds:.0f} s "
-                                           f"({headline(run.run_dir)})")
+                    progress.console.print(f"[green]done[/] {run.name} in {run.seconds:.0f} s"
+                                           f"{headline(run.run_dir)}")
                 elif run.outcome == "stopped":
                     progress.console.print(f"[yellow]stopped[/] {run.name} (exit {run.exit_code}); its checkpoint "
                                            "is kept and the same command resumes it")

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import sys
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -34,8 +34,11 @@ def compare(
     with _user_errors():
         from jepaflow.compare import compare as run_compare
 
+        command = ["jepaflow", "compare", *map(str, paths)] + (["--output", str(output)] if output else []) + \
+            (["--allow-mixed"] if allow_mixed else []) + ([] if flops else ["--no-flops"]) + \
+            ([] if pixel_floor else ["--no-pixel-floor"])
         result = run_compare(paths, output, allow_mixed=allow_mixed, flops=flops, pixel_floor=pixel_floor,
-                             command="jepaflow " + " ".join(sys.argv[1:]),
+                             command=shlex.join(command),
                              log=lambda m: err.print(f"jepaflow: {m}", soft_wrap=True, markup=False))
     from rich.markup import escape
 

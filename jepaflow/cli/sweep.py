@@ -3,7 +3,6 @@ in :mod:`jepaflow.sweep`). Cheap to import: nothing heavy is imported until the 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -52,7 +51,12 @@ def sweep(
                 table.add_row(str(r.index), r.name, r.state, str(r.run_dir))
         out.print(table)
         return
-    code = run_sweep(runs, Path(output), seed_list, overrides or [], command=["jepaflow", *sys.argv[1:]],
-                     only=index, console=out)
+    command = ["jepaflow", "sweep", *map(str, recipes), "--seeds", str(seeds), "--first-seed", str(first_seed),
+               "--output", str(output)]
+    for o in overrides or []:
+        command += ["--set", o]
+    for i in index or []:
+        command += ["--index", str(i)]
+    code = run_sweep(runs, Path(output), seed_list, overrides or [], command=command, only=index, console=out)
     if code:
         raise typer.Exit(code)

@@ -9,9 +9,11 @@ multiply-add; element-wise work, normalization, the optimizer step and the EMA u
 a few percent of these models' arithmetic). Target-encoder forwards under ``no_grad`` count their forward only.
 
 On CPU, ``F.scaled_dot_product_attention`` runs as ``aten._scaled_dot_product_flash_attention_for_cpu``, which
-torch's counter does not know; :data:`CPU_ATTENTION_FLOPS` adds it with torch's own attention formulas
-(``sdpa_flop_count``, ``sdpa_backward_flop_count``), so a CPU count equals the count of the same step written
-with explicit matrix products.
+torch's counter does not know; :func:`_cpu_attention_flops` adds it: the forward with torch's own formula
+(``sdpa_flop_count``: the two products ``Q K^T`` and ``A V``), the backward as the four products of the
+written-out attention's backward. So a count is the same whether attention runs fused or written out (a test
+checks it), and it is the model's arithmetic: the recomputation of the scores that flash-attention kernels do
+in their backward (which torch's formula for its GPU kernels includes, 5 products instead of 4) is not counted.
 
 A batch larger than ``max_batch`` is counted at ``max_batch`` images and scaled linearly. The terms that are not
 linear in the batch (a contrastive loss's ``B x B`` similarity matrix) are then slightly misjudged; the scaling
@@ -45,13 +47,14 @@ class StepFlops:
 
 def _cpu_attention_flops() -> dict[Any, Any]:
     import torch
-    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+    from torch.utils.flop_counter import sdpa_flop_count
 
     def forward(query, key, value, *args, out_shape=None, **kwargs) -> int:
         return sdpa_flop_count(query, key, value)
 
     def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
-        return sdpa_backward_flop_count(grad_out, query, key, value)
+        # dV = A^T dO, dA = dO V^T, dQ = dS K, dK = dS^T Q: twice the forward's two products
+        return 2 * sdpa_flop_count(query, key, value)
 
     aten = torch.ops.aten
     mapping = {}

@@ -13,9 +13,10 @@ difference, ``train.batch_size``, ``train.max_steps``, ``train.precision`` and `
 another group.
 
 Results are **comparable** when their probe protocol (:func:`protocol`) is equal: the data section apart from
-``root``, the split sizes, and the probe settings (which probes ran, ``kinds``, is not part of it: a probe that
-ran for some runs only leaves an empty cell in the others). Floors are compared without ``encoder`` and
-``layers`` (the raw-pixel source has neither).
+``root``, the split sizes, and the probe settings, ``layers`` included. Not part of it: which probes ran
+(``kinds``: a probe that ran for some runs only leaves an empty cell in the others) and which encoder role was
+probed (``encoder``: methods name their encoders differently; the role is a column, and one recipe probed in
+two roles gives two rows). Floors are compared without ``layers`` (the raw-pixel source has none).
 
 The probe.json schema (docs/probes.md) is read in one place, :func:`read_probe_json`; nothing else here knows
 its layout.
@@ -50,10 +51,13 @@ TRAIN_FIELDS_IGNORED = (
 )
 #: data-section fields that say where the files are, not what they hold
 DATA_FIELDS_IGNORED = ("root",)
-#: probe settings that are not part of the protocol: which probes ran (a missing probe is an empty cell)
-SETTINGS_NOT_PROTOCOL = ("kinds",)
-#: more settings left out when a floor (pixels, timm at init) is compared with runs
-FLOOR_SETTINGS_NOT_PROTOCOL = ("encoder", "layers")
+#: probe settings that are not part of the protocol: which probes ran (a missing probe is an empty cell) and
+#: which of a method's encoders was probed (methods name their encoders differently: I-JEPA's target, MAE's
+#: context, SimCLR's encoder; the role is a column of the table, and runs probed in different roles are
+#: different rows)
+SETTINGS_NOT_PROTOCOL = ("kinds", "encoder")
+#: more settings left out when a floor (pixels, timm at init) is compared with runs: it has no layers to choose
+FLOOR_SETTINGS_NOT_PROTOCOL = ("layers",)
 #: folders never searched for runs
 SKIPPED_FOLDERS = ("checkpoints", "tensorboard", "wandb", "__pycache__")
 

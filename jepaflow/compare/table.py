@@ -208,14 +208,14 @@ def build(found: Found, allow_mixed: bool = False,
     rows: list[Row] = []
 
     # ---- methods
-    groups: dict[tuple[str, str], list[RunRecord]] = {}
+    groups: dict[tuple[str, str, str], list[RunRecord]] = {}
     for run in found.runs:
-        groups.setdefault((canonical(group_key(run.recipe)), run_ids[id(run)]), []).append(run)
+        groups.setdefault((canonical(group_key(run.recipe)), run_ids[id(run)], str(run.probe.role)), []).append(run)
     labels = _method_labels(groups)
-    for (key, pid), runs in groups.items():
+    for (key, pid, _), runs in groups.items():
         runs.sort(key=lambda r: r.seed)
         first = runs[0]
-        row = Row("method", labels[(key, pid)], backbone(first.recipe), first.probe.role, first.probe.layers, pid,
+        row = Row("method", labels[(key, pid, _)], backbone(first.recipe), first.probe.role, first.probe.layers, pid,
                   values={}, runs=runs, objective=first.objective, seeds=[r.seed for r in runs],
                   recipe=first.recipe)
         for run in runs:
@@ -260,7 +260,8 @@ def build(found: Found, allow_mixed: bool = False,
     for (kind, spec, pid), results in floor_groups.items():
         first = next(iter(results.values()))
         label = {"pixels": "raw pixels", "timm": f"timm:{spec} (random init)"}.get(kind, f"{kind} {spec}".strip())
-        row = Row("floor", label, "-" if kind == "pixels" else spec, first.role, first.layers, pid, values={})
+        row = Row("floor", label, "-" if kind == "pixels" else spec, first.role,
+                  None if kind == "pixels" else first.layers, pid, values={})
         for res in results.values():
             for probe, acc in res.accuracies.items():
                 row.values.setdefault(probe, []).append(acc)
@@ -286,10 +287,10 @@ def build(found: Found, allow_mixed: bool = False,
     return Comparison(rows, probes, verdicts, protocols, mixed, found.excluded)
 
 
-def _method_labels(groups: dict[tuple[str, str], list[RunRecord]]) -> dict[tuple[str, str], str]:
-    """The objective's name; where several groups share it, the recipe fields that tell them apart (and the
-    protocol id when only that differs)."""
-    by_objective: dict[str, list[tuple[str, str]]] = {}
+def _method_labels(groups: dict[tuple[str, str, str], list[RunRecord]]) -> dict[tuple[str, str, str], str]:
+    """The objective's name; where several groups share it, the recipe fields that tell them apart, the probed
+    role and the protocol id where those differ."""
+    by_objective: dict[str, list[tuple[str, str, str]]] = {}
     for key, runs in groups.items():
         by_objective.setdefault(runs[0].objective, []).append(key)
     labels = {}
@@ -301,6 +302,8 @@ def _method_labels(groups: dict[tuple[str, str], list[RunRecord]]) -> dict[tuple
         paths = sorted({p for a in keys for b in keys if a != b for p in differences(recipes[a], recipes[b])})
         for k in keys:
             shown = [f"{p}={_describe(lookup(recipes[k], p))}" for p in paths[:3]]
+            if len({kk[2] for kk in keys}) > 1:
+                shown.append(f"encoder {k[2]}")
             if len({kk[1] for kk in keys}) > 1:
                 shown.append(k[1])
             labels[k] = f"{objective} [{', '.join(shown)}]" if shown else f"{objective} [{k[1]}]"
