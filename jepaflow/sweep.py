@@ -110,7 +110,9 @@ def run_state(run_dir: Path, recipe: dict[str, Any]) -> str:
         total = int(summary.get("total_steps") or 0)
         cap = (recipe.get("train") or {}).get("max_steps")
         want = min(total, int(cap)) if cap else total
-        probed = not (recipe.get("probe") or {}).get("enabled") or (run_dir / "probe.json").is_file()
+        probe = summary.get("probe")
+        probed = (not (recipe.get("probe") or {}).get("enabled") or (run_dir / "probe.json").is_file()
+                  or (isinstance(probe, dict) and "skipped" in probe))  # e.g. a data set without labels
         if total and int(summary.get("step") or 0) >= want and probed:
             return "done"
     if (run_dir / "checkpoints" / "last.pt").is_file():

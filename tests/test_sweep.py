@@ -34,6 +34,10 @@ def test_run_state_from_the_folder(tmp_path):
     finished(run, step=2)  # stopped half way
     assert run_state(run, probed) == "resume"
     assert run_state(run, {**probed, "train": {"max_steps": 2}}) == "done"  # ... unless max_steps said 2
+    (run / "summary.json").write_text(json.dumps({"step": 4, "total_steps": 4,
+                                                  "probe": {"skipped": "the data set has no labels"}}))
+    (run / "probe.json").unlink(missing_ok=True)
+    assert run_state(run, probed) == "done"  # nothing to probe: resuming would not change that
     finished(run, exit_code=143)  # complete, but the probe was stopped by a signal
     assert run_state(run, probed) == "resume"
     (run / "summary.json").unlink()
