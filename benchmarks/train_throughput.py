@@ -43,17 +43,10 @@ from typing import Any
 import torch
 
 from jepaflow.config import Recipe, load_recipe
-from jepaflow.engine.build import (
-    build_dataset,
-    build_encoder,
-    build_masker,
-    build_objective,
-    build_target_updater,
-)
+from jepaflow.engine.build import build_dataset, build_encoder, build_masker, build_objective
 from jepaflow.engine.data import MaskingCollator, SeededItems, StepBatchSampler, epoch_loader
 from jepaflow.engine.distributed import init_distributed
-from jepaflow.engine.optim import build_optimizer
-from jepaflow.engine.trainer import autocast_for, optimizer_step  # the trainer's own step and precision rule
+from jepaflow.engine.trainer import TrainStep, autocast_for  # the trainer's own step and precision rule
 from jepaflow.errors import DataError, JepaflowError
 from jepaflow.interfaces import Batch, MaskBatch
 
@@ -177,18 +170,15 @@ def bench_step(recipe: Recipe, steps: int, warmup: int) -> dict[str, Any]:
     torch.manual_seed(recipe.seed)
     objective = build_objective(recipe).to(dev)
     masker = build_masker(recipe)
-    updater = build_target_updater(recipe)
     grid = objective.representation_encoder().grid_size
     if masker is not None:
         masker.check(grid)
-    optimizer = build_optimizer(objective, o_cfg)
-    params = [p for p in objective.parameters() if p.requires_grad]
+    # schedules as if an epoch were NOMINAL_SCHEDULE_STEPS / epochs steps (values do not change the speed)
+    trainer = TrainStep(recipe, objective, dev, steps_per_epoch=max(1, NOMINAL_SCHEDULE_STEPS // o_cfg.epochs))
+    params = trainer.params
     collator = MaskingCollator(masker, grid, recipe.seed)
     items = SeededItems(RandomImages(recipe, micro), recipe.seed)
 
-    sched_total = NOMINAL_SCHEDULE_STEPS
-    warm_sched = int(sched_total * o_cfg.warmup_epochs / (o_cfg.epochs * o_cfg.ipe_scale))
-    nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
     step_s: list[float] = []
     ctx_counts: list[float] = []
     tgt_counts: list[float] = []
@@ -204,15 +194,11 @@ def bench_step(recipe: Recipe, steps: int, warmup: int) -> dict[str, Any]:
             micro_batches.append(batch.to(dev))
         sync(dev)
         t0 = time.perf_counter()
-
-        # ---- timed: the trainer's own optimizer step
-        win_sums: dict[str, torch.Tensor] = {}  # the trainer's on-device metric sums (read every log_every)
-        optimizer_step(recipe, objective, objective, optimizer, updater, micro_batches, step=step,
-                       warmup=warm_sched, sched_total=sched_total, win_sums=win_sums, nonfinite=nonfinite,
-                       params=params)
+        trainer.step(micro_batches)  # ---- timed: the trainer's own optimizer step
         sync(dev)
         if step >= warmup:
             step_s.append(time.perf_counter() - t0)
+        trainer.win_sums.clear()  # the loop reads and clears them every log_every steps
 
     mem, mem_kind = peak_memory(dev)
     median = statistics.median(step_s)
@@ -233,7 +219,7 @@ def bench_step(recipe: Recipe, steps: int, warmup: int) -> dict[str, Any]:
         "peak_mem_mib": mem,
         "mem_kind": mem_kind,
         "start_mem_mib": start_mem,
-        "nonfinite_loss": bool(nonfinite),
+        "nonfinite_loss": bool(trainer.nonfinite),
         "steps": steps,
         "warmup": warmup,
     }

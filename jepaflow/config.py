@@ -138,6 +138,21 @@ class TrainConfig(_Strict):
         description="under torchrun: seconds a process waits for the others in a collective before it stops with "
         "a message (a dead or hung process); must exceed the longest checkpoint write",
     )
+    onednn_linear: bool = Field(
+        True, description="CPU fp32: linear layers (and their backward) on oneDNN's GEMM instead of MKL's (same fp32 "
+        "products; no effect on CUDA or under bf16)"
+    )
+    compile: bool = Field(False, description="torch.compile the objective's forward and backward")
+    grad_checkpointing: bool = Field(
+        False, description="recompute the encoders' and predictor's block activations in backward (less memory)"
+    )
+    fsdp: bool = Field(
+        False, description="under torchrun: shard parameters, gradients and optimizer state over the processes "
+        "(torch FSDP2, fully_shard) instead of replicating them (DDP)"
+    )
+    fused_optimizer: bool = Field(
+        True, description="AdamW's fused kernel (torch fused=True; same update, one kernel; ignored by LARS)"
+    )
 
 
 class ProbeConfig(_Strict):

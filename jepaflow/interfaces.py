@@ -178,6 +178,13 @@ class Encoder(nn.Module, Plugin, abc.ABC):
     grid_size: tuple[int, int]
     in_chans: int
     capabilities: ClassVar[frozenset[str]] = frozenset()
+    #: recompute block activations in backward (``train.grad_checkpointing``); see set_grad_checkpointing
+    grad_checkpointing: bool = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Keep only block inputs in the forward pass and recompute the rest in backward (less activation memory,
+        about one more forward). Encoders that cannot do it raise TypeError."""
+        raise TypeError(f"{type(self).__name__} does not support gradient checkpointing")
 
     @property
     def num_patches(self) -> int:
@@ -221,6 +228,12 @@ class Predictor(nn.Module, Plugin, abc.ABC):
     """
 
     out_dim: int
+    #: recompute block activations in backward (``train.grad_checkpointing``); see set_grad_checkpointing
+    grad_checkpointing: bool = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """As :meth:`Encoder.set_grad_checkpointing`; predictors that cannot do it raise TypeError."""
+        raise TypeError(f"{type(self).__name__} does not support gradient checkpointing")
 
     @abc.abstractmethod
     def forward(

@@ -183,7 +183,11 @@ class TimmViTEncoder(Encoder):
         Returns:
             ``(B, K, D)`` (``(B, N, D)`` without ``keep``), after the final norm.
         """
-        return encode_tokens(self.embed_patches(images), self.model.blocks, self.model.norm, keep, keep_valid)
+        return encode_tokens(self.embed_patches(images), self.model.blocks, self.model.norm, keep, keep_valid,
+                             checkpoint=self.grad_checkpointing)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
 
     def forward_layers(self, images: Tensor, layers: int) -> list[Tensor]:
         """Outputs ``(B, N, D)`` of the last ``layers`` blocks, oldest first, before the final norm."""

@@ -6,6 +6,7 @@ weights); this module adds the training-state entries (RNG) and the resume-time 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,15 +61,20 @@ def nonfinite_weights(module: torch.nn.Module) -> torch.Tensor:
 
 
 def restore(saved: dict[str, Any], objective: torch.nn.Module, optimizer: torch.optim.Optimizer, path: Path,
-            total_steps: int) -> int:
+            total_steps: int, load: Callable[[dict[str, Any]], None] | None = None) -> int:
     """Load a checked training checkpoint into ``objective`` and ``optimizer``, restore the RNG, and return its
     step. Weights that do not match the recipe, non-finite weights, an optimizer state of another model and a
-    step past the end of the run are each one :class:`CheckpointError`."""
+    step past the end of the run are each one :class:`CheckpointError`. ``load(saved)``, if given, replaces the
+    two ``load_state_dict`` calls (the trainer's FSDP path loads the full tensors into shards)."""
     where = clip(str(path), 300)
     check_finite(saved["objective"], f"{where} ('objective')")
-    load_state_dict_checked(objective, saved["objective"], f"{where} ('objective')")
+    if load is None:
+        load_state_dict_checked(objective, saved["objective"], f"{where} ('objective')")
     try:
-        optimizer.load_state_dict(saved["optimizer"])
+        if load is not None:
+            load(saved)
+        else:
+            optimizer.load_state_dict(saved["optimizer"])
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
         raise CheckpointError(
             f"{where}: the optimizer state does not fit this model's optimizer ({type(exc).__name__}: "

@@ -2,7 +2,8 @@
 as facebookresearch/ijepa ``src/helper.py:init_opt``. Learning rate and weight decay are set per step by the
 trainer from :mod:`jepaflow.schedules`; groups marked ``apply_wd`` follow the weight-decay schedule.
 
-``adamw`` is torch's AdamW. ``lars`` is SGD with momentum and layer-wise trust ratios (You et al. 2017, "Large
+``adamw`` is torch's AdamW; ``fused=True`` (``train.fused_optimizer``) selects its fused kernel (one kernel over all
+parameters, on CPU and CUDA), which computes the same update as the default implementation. ``lars`` is SGD with momentum and layer-wise trust ratios (You et al. 2017, "Large
 Batch Training of Convolutional Networks"), as used by SimCLR, BYOL and VICReg on ImageNet; biases and 1-D
 parameters are excluded from both weight decay and the trust-ratio adaptation, as those papers do.
 """
@@ -54,7 +55,9 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(module: nn.Module, cfg: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """The optimizer over ``module``'s trainable parameters in the two I-JEPA groups. ``fused`` selects AdamW's
+    fused implementation (ignored by LARS)."""
     decay, no_decay = split_decay(module)
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay, "apply_wd": True},
@@ -63,7 +66,16 @@ def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimize
     if cfg.name == "lars":
         groups[1]["lars"] = False
         return LARS(groups, lr=cfg.start_lr, momentum=cfg.momentum, eta=cfg.lars_eta)
-    return torch.optim.AdamW(groups, lr=cfg.start_lr, betas=cfg.betas, eps=cfg.eps)
+    return torch.optim.AdamW(groups, lr=cfg.start_lr, betas=cfg.betas, eps=cfg.eps, fused=True if fused else None)
+
+
+def set_implementation(opt: torch.optim.Optimizer, fused: bool) -> None:
+    """Re-select AdamW's implementation after ``load_state_dict`` (which restores the saved groups' flags), so that
+    ``train.fused_optimizer`` may change on resume."""
+    if isinstance(opt, torch.optim.AdamW):
+        for g in opt.param_groups:
+            g["fused"] = True if fused else None
+            g["foreach"] = None
 
 
 def set_hyperparams(opt: torch.optim.Optimizer, lr: float, wd: float) -> None:

@@ -1,13 +1,7 @@
 """The training loop. It knows the interfaces (Objective, Masker, TargetUpdater, Dataset), never a method.
 
-One optimizer step::
-
-    lr, wd = schedules(step)                      pure functions of the step: nothing to restore on resume
-    for each of accum_steps micro-batches:        (DDP syncs gradients on the last one only)
-        loss = objective(batch) / accum_steps     bf16 autocast on CUDA, fp32 on CPU
-        loss.backward()
-    clip (optional); optimizer.step()
-    target_updater.update(objective.target_pairs(), step)
+:class:`TrainStep` is one optimizer step and the state it carries between steps (optimizer, target updater,
+schedules, on-device metric sums); :func:`train` is the loop around it: data, checkpoints, logging, signals.
 
 Metrics stay on the device and are read every ``train.log_every`` steps: the only host syncs of the loop. A
 NaN/inf loss is detected there (and before every checkpoint), so no checkpoint is ever written from diverged
@@ -27,6 +21,7 @@ from typing import Any
 
 import torch
 
+from jepaflow.checkpoints import nonfinite_count
 from jepaflow.config import Recipe
 from jepaflow.engine import checkpoint as ckpt_io
 from jepaflow.engine import faults
@@ -40,11 +35,13 @@ from jepaflow.engine.distributed import (
     cleanup,
     init_distributed,
 )
+from jepaflow.engine.kernels import use_onednn_linear
 from jepaflow.engine.loggers import open_loggers
 from jepaflow.engine.logging import Progress, environment, plot_curves, plugin_provenance
 from jepaflow.engine.monitor import TrainingMonitor, knn_due, monitor_due
-from jepaflow.engine.optim import build_optimizer, set_hyperparams
+from jepaflow.engine.optim import build_optimizer, set_hyperparams, set_implementation
 from jepaflow.errors import DataError, JepaflowError
+from jepaflow.interfaces import Batch, Encoder, Objective, Predictor
 from jepaflow.outputs import check_output_dir
 from jepaflow.schedules import lr_at, weight_decay_at
 
@@ -114,43 +111,212 @@ def autocast_for(recipe: Recipe, device: torch.device):
     return contextlib.nullcontext()
 
 
-def optimizer_step(recipe: Recipe, model: torch.nn.Module, objective: torch.nn.Module,
-                   optimizer: torch.optim.Optimizer, updater, micro_batches: list, *, step: int, warmup: int,
-                   sched_total: int, win_sums: dict[str, torch.Tensor], nonfinite: torch.Tensor,
-                   params: list[torch.nn.Parameter]) -> tuple[float, float, dict[str, float]]:
-    """One optimizer step over ``micro_batches`` (already on the device): schedules, forward/backward per
-    micro-batch (DDP syncs gradients on the last one only), optional clipping, optimizer, target update.
+class TrainStep:
+    """One optimizer step and the state it carries from one step to the next.
 
-    Metrics are added to ``win_sums`` and non-finite losses/gradient norms flagged in ``nonfinite``, both on the
-    device: nothing here waits for the host. Also timed by ``benchmarks/train_throughput.py``.
-    Returns ``(lr, wd, target-updater scalars)``.
+    The loop of :func:`train` and ``benchmarks/train_step.py`` both call :meth:`step`, so what is timed is what
+    trains::
+
+        lr, wd = schedules(done)                    pure functions of the step count: nothing to restore
+        for each micro-batch:                       (DDP/FSDP sync gradients on the last one only)
+            loss = model(batch) / accum             under autocast_for(recipe)
+            loss.backward()
+        clip (optional); optimizer.step(); zero_grad
+        target_updater.update(objective.target_pairs(), done)
+        done += 1
+
+    ``model`` is the objective, wrapped for several processes (``DistributedDataParallel``, or sharded in place
+    by ``fully_shard`` with ``train.fsdp``) and compiled with ``train.compile``; on CPU its linear layers run on
+    oneDNN (``train.onednn_linear``, engine/kernels.py). Metrics are summed on the device
+    (``win_sums``) and a NaN/inf loss or gradient norm sets ``nonfinite``; nothing in :meth:`step` waits for the
+    host. :meth:`read_window` is the one host sync, every ``log_every``.
     """
-    o_cfg = recipe.optim
-    accum = len(micro_batches)
-    lr = lr_at(step, warmup, sched_total, o_cfg.start_lr, o_cfg.lr, o_cfg.final_lr)
-    wd = weight_decay_at(step, sched_total, o_cfg.weight_decay, o_cfg.final_weight_decay)
-    set_hyperparams(optimizer, lr, wd)
-    objective.train()
-    ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
-    for j, batch in enumerate(micro_batches):
-        sync_ctx = model.no_sync() if ddp and j < accum - 1 else contextlib.nullcontext()
-        with sync_ctx:
-            with autocast_for(recipe, batch.images.device):
-                out = model(batch)
-            (out.loss / accum).backward()
-        loss_d = out.loss.detach().float()
-        nonfinite |= ~torch.isfinite(loss_d)
-        for k, v in {"loss": loss_d, **out.metrics}.items():
-            v = v.detach().float() / accum
-            win_sums[k] = win_sums[k] + v if k in win_sums else v
-    if o_cfg.grad_clip is not None:
-        gn = torch.nn.utils.clip_grad_norm_(params, o_cfg.grad_clip).detach().float()
-        nonfinite |= ~torch.isfinite(gn)  # a finite loss can still have an infinite gradient
-        win_sums["grad_norm"] = win_sums["grad_norm"] + gn if "grad_norm" in win_sums else gn
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    scalars = updater.update(objective.target_pairs(), step, sched_total) if updater is not None else {}
-    return lr, wd, scalars
+
+    def __init__(self, recipe: Recipe, objective: Objective, device: torch.device, *, steps_per_epoch: int,
+                 world_size: int = 1, local_rank: int = 0):
+        o_cfg, t_cfg = recipe.optim, recipe.train
+        self.recipe, self.objective, self.device = recipe, objective, device
+        if t_cfg.grad_checkpointing:
+            _enable_grad_checkpointing(objective)
+        if t_cfg.onednn_linear and device.type == "cpu" and not t_cfg.compile:
+            use_onednn_linear(objective)  # fp32 CPU linear layers on oneDNN's GEMM (engine/kernels.py)
+        self.model: torch.nn.Module = objective  # what the forward goes through
+        self.fsdp = t_cfg.fsdp and world_size > 1
+        if self.fsdp:
+            _fully_shard(objective, device, world_size)  # in place: parameters become shards (DTensors)
+        elif world_size > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                objective, device_ids=[local_rank] if device.type == "cuda" else None,
+                broadcast_buffers=False,  # buffers are fixed tables (sin-cos) or per-replica statistics
+            )
+        if t_cfg.compile:
+            # dynamic: the masks change the context and target lengths every batch (one graph, not one per shape)
+            self.model = torch.compile(self.model, dynamic=True)
+        # after sharding: the optimizer holds the parameters as they will be updated
+        self.optimizer = build_optimizer(objective, o_cfg, fused=t_cfg.fused_optimizer)
+        self.updater = build_target_updater(recipe)
+        self.params = [p for p in objective.parameters() if p.requires_grad]
+        # schedules, in optimizer steps (the reference converts epochs with its loader's length too)
+        self.warmup = int(o_cfg.warmup_epochs * steps_per_epoch)
+        self.sched_total = int(o_cfg.ipe_scale * o_cfg.epochs * steps_per_epoch)
+        self.done = 0  # optimizer steps taken
+        self.lr = self.wd = 0.0  # of the last step
+        self.scalars: dict[str, float] = {}  # the target updater's, of the last step that returned any
+        self.win_sums: dict[str, torch.Tensor] = {}
+        self.win_steps = 0
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Objective and optimizer state in the plain single-process format (also under FSDP, where it is a
+        collective: every rank must call it; rank 0 gets the full tensors on the CPU, the others empty dicts)."""
+        if self.fsdp:
+            return {**_gather_full_state(self.objective, self.optimizer), "step": self.done}
+        return {"objective": self.objective.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "step": self.done}
+
+    def load_state_dict(self, saved: dict[str, Any], path: Path, total_steps: int) -> None:
+        """Continue from a training checkpoint read from ``path``: weights, optimizer state, RNG and step, each
+        checked (engine/checkpoint.py ``restore``); under FSDP loaded into the shards."""
+        load = (lambda sd: _load_full_state(self.objective, self.optimizer, sd)) if self.fsdp else None
+        self.done = ckpt_io.restore(saved, self.objective, self.optimizer, path, total_steps, load=load)
+        set_implementation(self.optimizer, self.recipe.train.fused_optimizer)
+
+    def nonfinite_weights(self) -> torch.Tensor:
+        """How many parameter/buffer tensors hold NaN or inf (this rank's shards under FSDP): a 0-d device
+        tensor, no host sync."""
+        tensors = [*self.objective.parameters(), *self.objective.buffers()]
+        if self.fsdp:
+            tensors = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
+        return nonfinite_count(tensors)
+
+    def representation_encoder(self) -> torch.nn.Module | None:
+        """The encoder the probes evaluate. Under FSDP (a collective: every rank must call it) an unsharded copy
+        on rank 0, None on the other ranks."""
+        if not self.fsdp:
+            return self.objective.representation_encoder()
+        weights = self.state_dict()["objective"]
+        if not weights:
+            return None
+        with torch.random.fork_rng(devices=[]):
+            copy = build_objective(self.recipe)
+        copy.load_state_dict(weights)
+        return copy.representation_encoder().to(self.device)
+
+    def _grad_sync(self, last: bool):
+        """DDP/FSDP: reduce gradients only after the last micro-batch of the step."""
+        if self.fsdp:
+            self.objective.set_requires_gradient_sync(last)
+        elif isinstance(self.model, torch.nn.parallel.DistributedDataParallel) and not last:
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
+    def step(self, micro_batches: list[Batch]) -> None:
+        """One optimizer step over ``micro_batches`` (already on the device)."""
+        o_cfg, accum = self.recipe.optim, len(micro_batches)
+        self.lr = lr_at(self.done, self.warmup, self.sched_total, o_cfg.start_lr, o_cfg.lr, o_cfg.final_lr)
+        self.wd = weight_decay_at(self.done, self.sched_total, o_cfg.weight_decay, o_cfg.final_weight_decay)
+        set_hyperparams(self.optimizer, self.lr, self.wd)
+        self.objective.train()
+        sums = self.win_sums
+        for j, batch in enumerate(micro_batches):
+            with self._grad_sync(last=j == accum - 1):
+                with autocast_for(self.recipe, self.device):
+                    out = self.model(batch)
+                (out.loss / accum).backward()
+            loss = out.loss.detach().float()
+            self.nonfinite |= ~torch.isfinite(loss)
+            for k, v in {"loss": loss, **out.metrics}.items():
+                v = v.detach().float() / accum
+                sums[k] = sums[k] + v if k in sums else v
+        if o_cfg.grad_clip is not None:
+            gn = torch.nn.utils.clip_grad_norm_(self.params, o_cfg.grad_clip).detach().float()
+            gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn  # FSDP (a DTensor): over every shard
+            self.nonfinite |= ~torch.isfinite(gn)  # a finite loss can still have an infinite gradient
+            sums["grad_norm"] = sums["grad_norm"] + gn if "grad_norm" in sums else gn
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.updater is not None:
+            scalars = self.updater.update(self.objective.target_pairs(), self.done, self.sched_total)
+            self.scalars = scalars or self.scalars
+        self.done += 1
+        self.win_steps += 1
+
+    def read_window(self, info: DistInfo) -> tuple[dict[str, float], int]:
+        """The metrics averaged over the steps since the last call and over ranks, and how many steps that was;
+        starts a new window. Sets ``nonfinite`` on every rank if any rank saw a NaN/inf. The host sync."""
+        keys = sorted(self.win_sums)
+        vec = torch.stack([self.win_sums[k] for k in keys] + [self.nonfinite.float()])
+        all_reduce_mean_(vec, info)
+        vals = vec.tolist()
+        if vals[-1] > 0:
+            self.nonfinite.fill_(True)
+        steps = self.win_steps
+        means = {k: v / steps for k, v in zip(keys, vals[:-1])}
+        self.win_sums, self.win_steps = {}, 0
+        return means, steps
+
+
+def _enable_grad_checkpointing(objective: Objective) -> None:
+    """``train.grad_checkpointing``: ask every encoder and predictor of the objective to recompute its blocks."""
+    for module in objective.modules():
+        if isinstance(module, (Encoder, Predictor)):
+            try:
+                module.set_grad_checkpointing(True)
+            except TypeError as exc:
+                raise JepaflowError(str(exc), "set train.grad_checkpointing=false for this model") from None
+
+
+def _fully_shard(objective: Objective, device: torch.device, world_size: int) -> None:
+    """``train.fsdp``: shard the objective over all ranks with torch's FSDP2 (``fully_shard``).
+
+    The units are the elements of every ``nn.ModuleList`` (a model's repeated blocks: whatever the method, its
+    transformer blocks are what holds the parameters), then the objective itself for the rest (embeddings,
+    norms, heads). Each unit's parameters are gathered for its forward and backward and freed after; gradients
+    are reduce-scattered, so each rank keeps and updates 1/world of the weights, gradients and AdamW state. The
+    EMA target updater works on the shards as they are (online and target are sharded alike).
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (world_size,))
+    for module in list(objective.modules()):
+        if isinstance(module, torch.nn.ModuleList):
+            for block in module:
+                fully_shard(block, mesh=mesh)
+    fully_shard(objective, mesh=mesh)
+
+
+def _param_names(objective: Objective, optimizer: torch.optim.Optimizer) -> list[str]:
+    """Names of the optimizer's parameters in the order of its param groups, i.e. of the integer keys of the
+    plain ``Optimizer.state_dict()`` format."""
+    names = {id(p): n for n, p in objective.named_parameters()}
+    return [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+
+
+def _gather_full_state(objective: Objective, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """FSDP: full objective and optimizer state on rank 0 (CPU), in the plain format (integer parameter keys)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    model_sd, optim_sd = get_state_dict(objective, optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not model_sd:  # ranks other than 0
+        return {"objective": {}, "optimizer": {}}
+    index = {n: i for i, n in enumerate(_param_names(objective, optimizer))}
+    optim_sd = {"state": {index[n]: v for n, v in optim_sd["state"].items()},
+                "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in optim_sd["param_groups"]]}
+    return {"objective": model_sd, "optimizer": optim_sd}
+
+
+def _load_full_state(objective: Objective, optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """FSDP: load a plain checkpoint (every rank has read it) into the shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    names = _param_names(objective, optimizer)
+    optim_sd = saved["optimizer"]
+    optim_sd = {"state": {names[i]: v for i, v in optim_sd["state"].items()},
+                "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in optim_sd["param_groups"]]}
+    set_state_dict(objective, optimizer, model_state_dict=saved["objective"], optim_state_dict=optim_sd,
+                   options=StateDictOptions(full_state_dict=True))
 
 
 def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[str, Any]:
@@ -185,8 +351,6 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
                         "lower train.batch_size or use more data")
     total_steps = o_cfg.epochs * steps_per_epoch
     run_steps = min(total_steps, t_cfg.max_steps or total_steps)
-    sched_total = int(o_cfg.ipe_scale * o_cfg.epochs * steps_per_epoch)
-    warmup = int(o_cfg.warmup_epochs * steps_per_epoch)
 
     # ---- model, optimizer (same seed on every rank, so every replica starts identical)
     torch.manual_seed(recipe.seed)
@@ -196,7 +360,6 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
         # SyncBatchNorm). A no-op for models without BatchNorm, such as the ViTs. Not available on CPU.
         objective = torch.nn.SyncBatchNorm.convert_sync_batchnorm(objective)
     masker = build_masker(recipe)
-    updater = build_target_updater(recipe)
     grid = objective.representation_encoder().grid_size
     if masker is not None:
         # Masker.check, then the masks of this rank's first micro-batch (same seed as the collator's) checked
@@ -206,18 +369,11 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
         first = int(saved["step"]) if saved is not None else 0
         gen = torch.Generator().manual_seed(mix_seed(recipe.seed, 2, first, info.rank * accum))
         check_masker(masker, grid, G // (world * accum), gen, name=recipe.components["masker"].name)
-    optimizer = build_optimizer(objective, o_cfg)
-    params = [p for p in objective.parameters() if p.requires_grad]
-
-    step = 0
+    trainer = TrainStep(recipe, objective, info.device, steps_per_epoch=steps_per_epoch, world_size=world,
+                        local_rank=info.local_rank)
     if saved is not None:
-        step = ckpt_io.restore(saved, objective, optimizer, last_ckpt, total_steps)
-    model: torch.nn.Module = objective
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            objective, device_ids=[info.local_rank] if info.device.type == "cuda" else None,
-            broadcast_buffers=False,  # buffers are fixed tables (sin-cos) or per-replica statistics
-        )
+        trainer.load_state_dict(saved, last_ckpt, total_steps)  # checked; restores the RNG too
+    step = trainer.done
 
     # ---- run folder (rank 0 writes, the others only read)
     metrics = None
@@ -231,17 +387,21 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
         print(f"jepaflow: {len(dataset)} images, {steps_per_epoch} steps/epoch, {run_steps - step} steps to run "
               f"(from step {step}) on {world} x {info.device.type}; run folder {run_dir}", flush=True)
     monitor = None  # label-free monitors on a fixed batch, rank 0 only (engine/monitor.py)
-    if info.is_main and (t_cfg.monitor_every is not None or t_cfg.monitor_knn_every_epochs is not None):
+    monitors_on = t_cfg.monitor_every is not None or t_cfg.monitor_knn_every_epochs is not None
+    if info.is_main and monitors_on and trainer.fsdp:
+        print("jepaflow: the label-free monitors are off under train.fsdp (they need the whole encoder on rank 0)",
+              flush=True)
+    elif info.is_main and monitors_on:
         monitor = TrainingMonitor(recipe, objective.representation_encoder(), info.device,
                                   lambda: autocast_for(recipe, info.device))
         if monitor.note:
             print(f"jepaflow: {monitor.note}", flush=True)
     barrier(info)
 
-    def save(at_step: int, nonfinite: torch.Tensor) -> None:
+    def save(at_step: int) -> None:
         # The weights themselves, not only the loss: one step at a huge learning rate makes them inf while the
         # loss it was computed from is finite. One fused reduction on the device; bool() below is the one sync.
-        nonfinite = nonfinite | (ckpt_io.nonfinite_weights(objective) > 0)
+        nonfinite = trainer.nonfinite | (trainer.nonfinite_weights() > 0)
         # Every rank must agree: one rank's NaN has already reached every replica through the gradient all-reduce.
         if world > 1:
             flag = nonfinite.float().reshape(1)
@@ -249,11 +409,11 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
             nonfinite = flag[0] > 0
         if bool(nonfinite):
             raise faults.diverged(at_step, last_ckpt)
+        weights = trainer.state_dict()  # every rank: a collective under FSDP
         if info.is_main:
             state = {
                 "format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "recipe": recipe.to_dict(),
-                "objective": objective.state_dict(), "optimizer": optimizer.state_dict(),
-                "step": at_step, "epoch": at_step // steps_per_epoch, "rng": ckpt_io.rng_state(),
+                **weights, "epoch": at_step // steps_per_epoch, "rng": ckpt_io.rng_state(),
             }
             ckpt_io.save_atomic(state, last_ckpt)
             epoch_done = at_step % steps_per_epoch == 0
@@ -265,11 +425,8 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
     stop.install()
     progress = Progress(run_steps, step, t_cfg.progress and info.is_main)
     dev = info.device
-    nonfinite = torch.zeros((), dtype=torch.bool, device=dev)
-    win_sums: dict[str, torch.Tensor] = {}
-    win_steps, win_t0 = 0, time.perf_counter()
+    win_t0 = time.perf_counter()
     last_record: dict[str, Any] = {}
-    extra_scalars: dict[str, float] = {}
     stopped_by: str | None = None
     skipped_images = 0
     pin = t_cfg.pin_memory and dev.type == "cuda"
@@ -287,12 +444,8 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
                     break
                 micro = [next(batches).to(dev, non_blocking=True) for _ in range(accum)]
                 skipped_images += sum(b.extras.get("skipped_images", 0) for b in micro)
-                lr, wd, upd = optimizer_step(recipe, model, objective, optimizer, updater, micro, step=step,
-                                             warmup=warmup, sched_total=sched_total, win_sums=win_sums,
-                                             nonfinite=nonfinite, params=params)
-                extra_scalars = upd or extra_scalars
-                step += 1
-                win_steps += 1
+                trainer.step(micro)
+                step = trainer.done
                 progress.advance()
 
                 if world == 1 and stop.signum is not None:
@@ -303,16 +456,12 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
                 if at_log:
                     if world > 1 and any_rank(stop.signum is not None, info):
                         stopped_by = signal.Signals(stop.signum).name if stop.signum else "SIGTERM (another rank)"
-                    keys = sorted(win_sums)
-                    vec = torch.stack([win_sums[k] for k in keys] + [nonfinite.float()])
-                    all_reduce_mean_(vec, info)
-                    vals = vec.tolist()  # the host sync of this window
-                    if vals[-1] > 0:
-                        nonfinite.fill_(True)
-                        save(step, nonfinite)  # raises TrainingDiverged, keeps the last good checkpoint
+                    means, win_steps = trainer.read_window(info)  # the host sync of this window
+                    if bool(trainer.nonfinite):
+                        save(step)  # raises TrainingDiverged, keeps the last good checkpoint
                     dt = time.perf_counter() - win_t0
-                    record = {"step": step, "epoch": step / steps_per_epoch, "lr": lr, "wd": wd, **extra_scalars}
-                    record.update({k: v / win_steps for k, v in zip(keys, vals[:-1])})
+                    record = {"step": step, "epoch": step / steps_per_epoch, "lr": trainer.lr, "wd": trainer.wd,
+                              **trainer.scalars, **means}
                     record["img_per_s"] = win_steps * G / dt
                     if skipped_images:
                         record["skipped_images"] = skipped_images
@@ -323,7 +472,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
                         metrics.write(record)
                     progress.report(record)
                     last_record = record
-                    win_sums, win_steps, win_t0 = {}, 0, time.perf_counter()
+                    win_t0 = time.perf_counter()
 
                 epoch_end = step % steps_per_epoch == 0
                 due = (
@@ -333,7 +482,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
                     or stopped_by is not None
                 )
                 if due:
-                    save(step, nonfinite)
+                    save(step)
                 if stopped_by is not None:
                     break
     finally:
@@ -346,6 +495,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
         "run_dir": str(run_dir), "step": step, "total_steps": total_steps, "finished": step >= total_steps,
         "stopped_by": stopped_by, "last": last_record, "skipped_images": skipped_images,
     }
+    probed = trainer.representation_encoder() if stopped_by is None and recipe.probe.enabled else None  # all ranks
     if stopped_by is not None:
         summary["exit_code"] = 130 if stopped_by == "SIGINT" else 143
         if info.is_main:
@@ -357,7 +507,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, info: DistInfo) -> dict[
         if recipe.probe.enabled:
             try:
                 with faults.raise_on_stop_signals():
-                    summary["probe"] = run_probe(recipe, objective.representation_encoder(), info.device)
+                    summary["probe"] = run_probe(recipe, probed, info.device)
             except faults.StopSignal as sig:  # training is complete and checkpointed: say so, keep the summary
                 summary["probe"] = {"skipped": f"stopped by {sig.name} during the probe"}
                 summary["exit_code"] = sig.exit_code
@@ -396,4 +546,4 @@ def run_probe(recipe: Recipe, encoder: torch.nn.Module, device: torch.device) ->
     return out
 
 
-__all__ = ["train", "run_probe"]
+__all__ = ["TrainStep", "autocast_for", "train", "run_probe"]

@@ -123,7 +123,8 @@ def block_masks(
     t, lft = top[..., None, None], left[..., None, None]
     h = height[..., None, None] if isinstance(height, Tensor) else height
     w = width[..., None, None] if isinstance(width, Tensor) else width
-    return (rows >= t) & (rows < t + h) & (cols >= lft) & (cols < lft + w)
+    # rows and columns apart ((*S, H, 1) and (*S, 1, W)), then one broadcast AND to the full (*S, H, W)
+    return ((rows >= t) & (rows < t + h)) & ((cols >= lft) & (cols < lft + w))
 
 
 def first_indices(mask: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -135,12 +136,35 @@ def first_indices(mask: Tensor, k: int) -> tuple[Tensor, Tensor]:
     Returns:
         ``(indices (*S, k) int64, valid (*S, k) bool)``; ``valid`` is False on padding.
     """
-    N = mask.shape[-1]
-    pos = torch.arange(N, device=mask.device)
-    # True positions keep their index as sort key, False ones are pushed past N: one sort, no loop per row.
-    key = torch.where(mask, pos, pos + N).sort(dim=-1).values[..., :k]
-    valid = key < N
-    return torch.where(valid, key, torch.zeros_like(key)), valid
+    *lead, N = mask.shape
+    flat = mask.reshape(-1, N)
+    # Each True entry's rank within its row (a running count), then one scatter: linear in N, no sort.
+    rank = flat.cumsum(dim=-1) - 1  # (R, N)
+    rows, cols = (flat & (rank < k)).nonzero(as_tuple=True)  # row-major: ascending positions per row
+    slot = rank[rows, cols]
+    indices = torch.zeros(flat.shape[0], k, dtype=torch.long, device=mask.device)
+    valid = torch.zeros(flat.shape[0], k, dtype=torch.bool, device=mask.device)
+    indices[rows, slot] = cols
+    valid[rows, slot] = True
+    return indices.reshape(*lead, k), valid.reshape(*lead, k)
+
+
+def rectangle_indices(
+    top: Tensor, left: Tensor, height: Tensor, width: Tensor, grid_width: int, k: int
+) -> tuple[Tensor, Tensor]:
+    """Row-major patch indices of rectangles, ascending, padded to ``k`` with index 0: the same as
+    ``first_indices(block_masks(...).flatten(-2), k)``, computed from the corners without building the masks.
+
+    Args:
+        top, left, height, width: ``(*S)`` int64 (heights and widths >= 1).
+    Returns:
+        ``(indices (*S, k) int64, valid (*S, k) bool)``.
+    """
+    p = torch.arange(k, device=top.device)  # position within the block, row by row
+    w = width[..., None]
+    indices = (top[..., None] + p // w) * grid_width + left[..., None] + p % w
+    valid = p < (height * width)[..., None]
+    return torch.where(valid, indices, torch.zeros_like(indices)), valid
 
 
 def random_subset_indices(mask: Tensor, k: int, generator: torch.Generator) -> Tensor:
@@ -205,6 +229,7 @@ def sample_official(
     failed = torch.zeros(B, C, dtype=torch.long)  # failed draws so far, per context block
     pending = torch.ones(B, C, dtype=torch.bool)
     tgt_masks = None if cfg.allow_overlap else block_masks(t_top, t_left, th, tw, grid_size)  # (B, M, H, W)
+    tgt_union = None if tgt_masks is None else tgt_masks.any(dim=1)  # (B, H, W): all targets constrain
     while bool(pending.any()):
         b, c = pending.nonzero(as_tuple=True)
         P = b.numel()
@@ -214,8 +239,11 @@ def sample_official(
         if tgt_masks is not None:
             # Only the first M - tries targets constrain the context (constrain_mask(mask, tries)).
             tries = failed[b, c] // OFFICIAL_RETRIES_PER_RELAXATION
-            active = torch.arange(M) < (M - tries).unsqueeze(1)  # (P, M)
-            forbidden = (tgt_masks[b] & active[:, :, None, None]).any(dim=1)
+            forbidden = tgt_union[b]  # (P, H, W), right for every row that has not been relaxed yet
+            relaxed = (tries > 0).nonzero(as_tuple=True)[0]
+            if relaxed.numel() > 0:
+                active = torch.arange(M) < (M - tries[relaxed]).unsqueeze(1)  # (R, M)
+                forbidden[relaxed] = (tgt_masks[b[relaxed]] & active[:, :, None, None]).any(dim=1)
             block &= ~forbidden
         ok = block.flatten(1).sum(dim=1) > cfg.min_keep
         ctx[b[ok], c[ok]] = block[ok]
@@ -258,6 +286,7 @@ def sample_fixed(
     ctx = torch.zeros(B, H, W, dtype=torch.bool)
     failed = torch.zeros(B, dtype=torch.long)
     pending = torch.ones(B, dtype=torch.bool)
+    tgt_union = tgt_masks.any(dim=1)  # (B, H, W)
     for _ in range(FIXED_MAX_ROUNDS):
         idx = pending.nonzero(as_tuple=True)[0]
         if idx.numel() == 0:
@@ -272,14 +301,19 @@ def sample_fixed(
             for full, new in zip((t_top, t_left, t_h, t_w), nt, strict=True):
                 full[renew] = torch.where(keep_old, full[renew], new)
             tgt_masks[renew] = block_masks(t_top[renew], t_left[renew], t_h[renew], t_w[renew], grid_size)
+            tgt_union[renew] = tgt_masks[renew].any(dim=1)
         c_top, c_left, c_h, c_w = _fixed_draw_blocks(
             (P, C), cfg.context_scale, cfg.context_aspect, grid_size, generator
         )
-        block = block_masks(c_top, c_left, c_h, c_w, grid_size).any(dim=1)  # (P, H, W)
+        block = block_masks(c_top, c_left, c_h, c_w, grid_size)  # (P, C, H, W)
+        block = block[:, 0] if C == 1 else block.any(dim=1)  # (P, H, W): the union of the context blocks
         if not cfg.allow_overlap:
-            block &= ~tgt_masks[idx].any(dim=1)
+            block &= ~tgt_union[idx]
         ok = block.flatten(1).sum(dim=1) > cfg.min_keep
-        ctx[idx[ok]] = block[ok]
+        if P == B:  # the first round: every image, no scatter needed
+            ctx = torch.where(ok[:, None, None], block, ctx)
+        else:
+            ctx[idx[ok]] = block[ok]
         pending[idx[ok]] = False
         failed[idx[~ok]] += 1
     else:
@@ -292,8 +326,7 @@ def sample_fixed(
         context_valid = None
     else:
         context, context_valid = first_indices(ctx_flat, int(counts.max()))
-    tgt_flat = tgt_masks.flatten(2)  # (B, M, N)
-    targets, targets_valid = first_indices(tgt_flat, int((t_h * t_w).max()))
+    targets, targets_valid = rectangle_indices(t_top, t_left, t_h, t_w, W, int((t_h * t_w).max()))  # (B, M, K)
     return MaskBatch(
         context=context, targets=targets, context_valid=context_valid, targets_valid=targets_valid
     )

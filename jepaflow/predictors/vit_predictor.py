@@ -6,11 +6,25 @@ is predicted in its own sequence ``[embed(context) + pos(context) ; mask_token +
 reference builds the ``M`` sequences by repeating the batch (``x.repeat(len(masks), 1, 1)``), here they are
 laid out as ``(B * M, K_ctx + K_tgt, d)`` in one go. Parameter names equal the reference's, so an official
 checkpoint's ``predictor`` state dict loads with ``strict=True``.
+
+Two options change the cost, not the parameters:
+
+* ``last_block_targets_only`` (default on): the context rows of the last block's output are discarded, so that
+  block computes only the target rows (keys and values still come from every row): the same predictions.
+* ``target_layout: one_sequence`` (default off; **not the official computation**): one sequence per image,
+  ``[context ; block 1 ; ... ; block M]`` of ``K_ctx + M * K_tgt`` tokens instead of ``M`` sequences of
+  ``K_ctx + K_tgt``, with a block-diagonal attention mask: the queries of block ``m`` attend to the context and to
+  block ``m``; the context attends to the context only. Each block's queries thus see what they see in the official
+  layout, but the context tokens no longer attend to the queries (in the official layout the context of sequence
+  ``m`` attends to block ``m``'s mask tokens, so it differs per block); that is what lets one context stream serve
+  every block. The context is processed once instead of ``M`` times. Without the mask (full attention) the
+  queries of one block would also see the other blocks' positions, a further change; the mask keeps each block's
+  prediction independent of the others', as in the official objective.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -19,7 +33,13 @@ from torch import Tensor, nn
 from jepaflow.fields import Blocks, DropRate, Heads, InitStd, MlpRatio, Width
 from jepaflow.interfaces import PluginConfig, Predictor
 from jepaflow.layers.pos_embed import sincos_pos_embed_2d
-from jepaflow.layers.transformer import init_reference_weights, key_padding_attn_mask, layer_norm, make_blocks
+from jepaflow.layers.transformer import (
+    init_reference_weights,
+    key_padding_attn_mask,
+    layer_norm,
+    make_blocks,
+    run_blocks,
+)
 
 #: heads when neither the config nor the encoder says (the reference ``VisionTransformerPredictor`` default)
 DEFAULT_NUM_HEADS = 12
@@ -44,6 +64,26 @@ def predictor_sequences(
     ctx = (context + context_pos).unsqueeze(1).expand(B, M, K_ctx, d)
     queries = mask_token.reshape(1, 1, 1, d) + target_pos
     return torch.cat([ctx, queries], dim=2).reshape(B * M, K_ctx + K_tgt, d), K_ctx
+
+
+def one_sequence_attn_mask(
+    context_valid: Tensor | None, target_valid: Tensor | None, batch: int, blocks: int, k_ctx: int, k_tgt: int,
+    device: torch.device,
+) -> Tensor:
+    """Block-diagonal attention of the one-sequence layout ``[context ; block 1 ; ... ; block M]``.
+
+    Returns:
+        ``(B, 1, L, L)`` bool, ``L = K_ctx + M * K_tgt``, True where row ``i`` may attend to key ``j``: ``j`` is a
+        valid context token, or a valid query of the same block as ``i``. Context rows attend to the context only.
+    """
+    group = torch.cat([torch.full((k_ctx,), -1, device=device),
+                       torch.arange(blocks, device=device).repeat_interleave(k_tgt)])  # (L,) -1 = context
+    allowed = (group[None, :] == -1) | (group[:, None] == group[None, :])  # (L, L)
+    flat_targets = None if target_valid is None else target_valid.reshape(batch, 1, blocks * k_tgt)
+    valid = predictor_key_mask(context_valid, flat_targets, batch, 1, k_ctx, blocks * k_tgt)  # (B, L) or None
+    if valid is None:
+        return allowed.expand(batch, 1, -1, -1)
+    return allowed[None, None] & valid[:, None, None, :]
 
 
 def predictor_key_mask(
@@ -80,6 +120,14 @@ class VisionTransformerPredictor(Predictor):
         mlp_ratio: MlpRatio = Field(4.0, description="MLP hidden/width ratio")
         drop_path_rate: DropRate = Field(0.0, description="stochastic depth of the last block")
         init_std: InitStd = Field(0.02, description="std of the truncated-normal weight init")
+        last_block_targets_only: bool = Field(
+            True, description="the last block computes only the target rows, whose outputs are used (same result)"
+        )
+        target_layout: Literal["per_block", "one_sequence"] = Field(
+            "per_block",
+            description="per_block: one sequence per target block (official); one_sequence: all blocks in one "
+            "sequence with block-diagonal attention, the context not attending to the queries (cheaper; a deviation)",
+        )
 
         @model_validator(mode="after")
         def _check_dims(self) -> VisionTransformerPredictor.Config:
@@ -145,15 +193,27 @@ class VisionTransformerPredictor(Predictor):
         """
         B, M, K_tgt = target_idx.shape
         table = self.predictor_pos_embed[0]  # (N, d)
-        x, K_ctx = predictor_sequences(
-            self.predictor_embed(context_tokens), table[context_idx], table[target_idx], self.mask_token
-        )
-        valid = predictor_key_mask(context_valid, target_valid, B, M, K_ctx, K_tgt)
-        attn_mask = key_padding_attn_mask(valid)
-        for block in self.predictor_blocks:
-            x = block(x, attn_mask=attn_mask)
-        x = self.predictor_norm(x)[:, K_ctx:]  # keep the queries
+        context = self.predictor_embed(context_tokens)  # (B, K_ctx, d)
+        K_ctx = context.shape[1]
+        if self.config.target_layout == "one_sequence":
+            queries = self.mask_token.reshape(1, 1, 1, -1) + table[target_idx]  # (B, M, K_tgt, d)
+            x = torch.cat([context + table[context_idx], queries.flatten(1, 2)], dim=1)  # (B, K_ctx + M*K_tgt, d)
+            attn_mask = one_sequence_attn_mask(context_valid, target_valid, B, M, K_ctx, K_tgt, x.device)
+        else:
+            x, _ = predictor_sequences(context, table[context_idx], table[target_idx], self.mask_token)
+            valid = predictor_key_mask(context_valid, target_valid, B, M, K_ctx, K_tgt)
+            attn_mask = key_padding_attn_mask(valid)  # (B*M, 1, 1, K_ctx + K_tgt) or None
+        *blocks, last = self.predictor_blocks
+        x = run_blocks(x, blocks, attn_mask, checkpoint=self.grad_checkpointing)
+        if self.config.last_block_targets_only:
+            x = last(x, attn_mask=attn_mask, rows_from=K_ctx)  # only the queries' rows
+        else:
+            x = last(x, attn_mask=attn_mask)[:, K_ctx:]
+        x = self.predictor_norm(x)  # per token: the same on the kept rows
         return self.predictor_proj(x).reshape(B, M, K_tgt, self.out_dim)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable  # every block but the last (whose rows are trimmed)
 
     def extra_repr(self) -> str:
         return f"grid_size={self.grid_size}, embed_dim={self.embed_dim}, out_dim={self.out_dim}"

@@ -133,12 +133,14 @@ def test_sigterm_writes_a_checkpoint_and_resume_matches(tiny_recipe, tmp_path):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
-def test_torchrun_two_processes_equal_one_process_with_accumulation(tiny_recipe, tmp_path):
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_torchrun_two_processes_equal_one_process_with_accumulation(tiny_recipe, tmp_path, fsdp):
     """Global batch 32: 2 ranks x 16 must follow the same trajectory as 1 rank x 2 accumulated micro-batches of 16
-    (same samples, crops and masks per slot; DDP averages gradients as accumulation does)."""
+    (same samples, crops and masks per slot; DDP averages gradients as accumulation does; FSDP2 shards the
+    parameters, gradients and AdamW state over the ranks, and its checkpoint is the plain one)."""
     one = tiny_recipe({"output_dir": str(tmp_path / "one"), "optim": {"accum_steps": 2}, "train": {"max_steps": 6}})
     train(load_recipe(one))
-    two = tiny_recipe({"output_dir": str(tmp_path / "two"), "train": {"max_steps": 6}})
+    two = tiny_recipe({"output_dir": str(tmp_path / "two"), "train": {"max_steps": 6, "fsdp": fsdp}})
     path = tmp_path / "two.yaml"
     path.write_text(yaml.safe_dump(two))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -151,10 +153,18 @@ def test_torchrun_two_processes_equal_one_process_with_accumulation(tiny_recipe,
     l1, l2 = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(l1) == len(l2) == 6
     assert l1 == pytest.approx(l2, rel=1e-4, abs=1e-6)
-    a = load_checkpoint(tmp_path / "one" / "checkpoints" / "last.pt")["objective"]
-    b = load_checkpoint(tmp_path / "two" / "checkpoints" / "last.pt")["objective"]
+    ck1 = load_checkpoint(tmp_path / "one" / "checkpoints" / "last.pt")
+    ck2 = load_checkpoint(tmp_path / "two" / "checkpoints" / "last.pt")
+    a, b = ck1["objective"], ck2["objective"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-5)
+    # the optimizer state is in the plain format, parameter for parameter (so a run resumes with or without FSDP)
+    s1, s2 = ck1["optimizer"], ck2["optimizer"]
+    assert [g["params"] for g in s1["param_groups"]] == [g["params"] for g in s2["param_groups"]]
+    assert s1["state"].keys() == s2["state"].keys()
+    for i in s1["state"]:
+        for name in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(s1["state"][i][name], s2["state"][i][name], rtol=1e-2, atol=1e-7)
 
 
 def test_probe_runs_at_the_end_above_chance(tiny_recipe):

@@ -22,6 +22,7 @@ from jepaflow.maskers.multiblock import (
     first_indices,
     official_block_size,
     random_subset_indices,
+    rectangle_indices,
 )
 from jepaflow.maskers.stats import dense_masks, mask_statistics
 
@@ -188,6 +189,19 @@ def test_block_masks_and_first_indices():
     mask[:, ::2] = True
     sub = random_subset_indices(mask, 3, gen(0))
     assert sub.shape == (3, 3) and (sub % 2 == 0).all() and (sub.diff(dim=1) > 0).all()
+
+
+def test_rectangle_indices_equal_first_indices_of_the_block_masks():
+    g = torch.Generator().manual_seed(0)
+    H, W = 7, 9
+    h = torch.randint(1, H + 1, (5, 3), generator=g)
+    w = torch.randint(1, W + 1, (5, 3), generator=g)
+    top = (torch.rand(5, 3, generator=g) * (H - h + 1)).long()
+    left = (torch.rand(5, 3, generator=g) * (W - w + 1)).long()
+    k = int((h * w).max())
+    expected = first_indices(block_masks(top, left, h, w, (H, W)).flatten(-2), k)
+    got = rectangle_indices(top, left, h, w, W, k)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
 # ---------------------------------------------------------------------------------------- official mode
