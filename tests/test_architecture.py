@@ -43,7 +43,8 @@ def verdicts(output: str) -> dict[str, str]:
 
 def test_the_package_keeps_every_import_contract():
     assert set(CONTRACTS) == {
-        "engine-imports-no-method", "methods-import-no-engine", "plugin-kinds-independent", "layers-import-no-plugin"
+        "engine-imports-no-method", "methods-import-no-engine", "plugin-kinds-independent", "layers-import-no-plugin",
+        "compare-imports-no-method", "nothing-below-imports-compare",
     }
     result = lint_imports(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -56,6 +57,8 @@ VIOLATIONS = {
     "methods-import-no-engine": ("encoders/_bad.py", "from jepaflow.engine import trainer\n"),
     "plugin-kinds-independent": ("predictors/_bad.py", "from jepaflow.encoders.vit import VisionTransformerEncoder\n"),
     "layers-import-no-plugin": ("layers/_bad.py", "def f():\n    import jepaflow.maskers.multiblock\n"),
+    "compare-imports-no-method": ("compare/_bad.py", "from jepaflow.objectives import ijepa\n"),
+    "nothing-below-imports-compare": ("probes/_bad.py", "def f():\n    from jepaflow.compare import stats\n"),
 }
 
 
@@ -72,3 +75,4 @@ def test_each_contract_breaks_on_a_violating_module(tmp_path):
     # the report names the offending import
     assert "jepaflow.engine._bad -> jepaflow.objectives.ijepa" in broken.stdout
     assert "jepaflow.layers._bad -> jepaflow.maskers.multiblock" in broken.stdout
+    assert "jepaflow.compare._bad -> jepaflow.objectives" in broken.stdout
