@@ -148,7 +148,9 @@ def plan(recipes: Sequence[str | Path], seeds: Sequence[int], overrides: Sequenc
     if any(o.strip().startswith("output_dir=") for o in overrides):
         raise SweepError("--set output_dir=... conflicts with the sweep's run folders",
                          "choose the sweep folder with --output; each run goes to OUTPUT/<recipe stem>/seed<k>")
-    out = Path(output)
+    from jepaflow.outputs import check_output_dir
+
+    out = check_output_dir(output, "sweep folder (--output)")  # before any recipe is read or any run starts
     problems: list[str] = []
     stems: dict[str, str] = {}
     runs: list[PlannedRun] = []

@@ -53,7 +53,10 @@ def compare(
     from jepaflow.compare.records import CompareError, discover, group_key
     from jepaflow.compare.table import build, csv_text, markdown
 
-    out_dir = Path(output) if output is not None else default_output(paths)
+    from jepaflow.outputs import check_output_dir
+
+    # before any run is read: a folder that cannot be written would cost the FLOP counts and the pixel floor
+    out_dir = check_output_dir(output if output is not None else default_output(paths), "compare folder (--output)")
     search = list(paths) + ([out_dir / FLOORS] if (out_dir / FLOORS).is_dir() else [])
     found = discover(search)
     for folder, why in found.excluded:

@@ -92,6 +92,10 @@ def test_bad_input_is_refused_before_anything_runs(tmp_path):
     assert res.exit_code == 2 and "--seeds" in res.output
     res = runner.invoke(app, ["sweep", str(good), "--seeds", "2", "--output", str(tmp_path / "sw"), "--index", "2"])
     assert res.exit_code == 2 and "the matrix has 2 runs" in res.output
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    res = runner.invoke(app, ["sweep", str(good), "--output", str(blocker / "sw")])
+    assert res.exit_code == 2 and "goes through " + str(blocker) in " ".join(res.output.split())
 
 
 def test_dry_run_numbers_the_matrix(tmp_path):

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-DATA = {"name": "synthetic", "root": None, "num_train": 256, "num_test": 128, "image_size": 32, "channels": 3}
+DATA = {"name": "synthetic", "num_train": 256, "num_test": 128, "image_size": 32, "channels": 3}
 SPLITS = {"train": 256, "fit": 230, "val": 26, "test": 128}
 SETTINGS = {"kinds": ["knn", "linear"], "encoder": None, "layers": "last", "train_samples": None,
             "test_samples": None, "val_fraction": 0.1, "seed": 0, "knn_k": 20, "knn_temperature": 0.07,

@@ -106,7 +106,7 @@ def test_mixed_probe_settings_are_refused_with_the_difference_named(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, path", [
-    ({"data": {"name": "synthetic", "root": None, "num_train": 512, "num_test": 128, "image_size": 32,
+    ({"data": {"name": "synthetic", "num_train": 512, "num_test": 128, "image_size": 32,
                "channels": 3}}, "data.num_train"),
     ({"splits": {"train": 256, "fit": 200, "val": 56, "test": 128}}, "splits.fit"),
     ({"settings": {**SETTINGS, "layers": "last4"}, "layers": "last4"}, "settings.layers"),
