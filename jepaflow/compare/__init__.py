@@ -52,7 +52,6 @@ def compare(
     from jepaflow.compare.plots import write_plots
     from jepaflow.compare.records import CompareError, discover, group_key
     from jepaflow.compare.table import build, csv_text, markdown
-
     from jepaflow.outputs import check_output_dir
 
     # before any run is read: a folder that cannot be written would cost the FLOP counts and the pixel floor
