@@ -58,7 +58,7 @@ VIOLATIONS = {
     "plugin-kinds-independent": ("predictors/_bad.py", "from jepaflow.encoders.vit import VisionTransformerEncoder\n"),
     "layers-import-no-plugin": ("layers/_bad.py", "def f():\n    import jepaflow.maskers.multiblock\n"),
     "compare-imports-no-method": ("compare/_bad.py", "from jepaflow.objectives import ijepa\n"),
-    "nothing-below-imports-compare": ("probes/_bad.py", "def f():\n    from jepaflow.compare import stats\n"),
+    "nothing-below-imports-compare": ("target_updaters/_bad.py", "def f():\n    from jepaflow.sweep import plan\n"),
 }
 
 

@@ -99,6 +99,9 @@ def read_probe_json(path: Path) -> ProbeResult:
         raise CompareError(f"{path} cannot be read as JSON: {exc}", "re-run the probe to rewrite it") from None
     if not isinstance(doc, dict):
         raise CompareError(f"{path} is not a probe.json document", "re-run the probe to rewrite it")
+    if "schema" not in doc and isinstance(doc.get("skipped"), str):  # the engine's record of a probe that did not run
+        raise CompareError(f"{path}: the probe did not run ({doc['skipped']})",
+                           f"probe the run with `jepaflow probe {Path(path).parent}`")
     if "schema" not in doc:
         raise CompareError(
             f"{path} was written by an earlier jepaflow (no schema): its linear probe did not run to convergence "

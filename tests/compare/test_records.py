@@ -59,6 +59,10 @@ def test_read_probe_json_refuses_earlier_and_unknown_files(tmp_path):
     with pytest.raises(CompareError) as exc:
         read_probe_json(path)
     assert "earlier jepaflow" in exc.value.problem and "jepaflow probe" in exc.value.fix
+    path.write_text(json.dumps({"skipped": "stopped by SIGTERM during the probe"}))  # the engine's record
+    with pytest.raises(CompareError, match="the probe did not run .stopped by SIGTERM") as exc:
+        read_probe_json(path)
+    assert "jepaflow probe" in exc.value.fix
     path.write_text(json.dumps({**probe_doc({"linear": 0.5}), "version": 99}))
     with pytest.raises(CompareError, match="version 99"):
         read_probe_json(path)
