@@ -1,11 +1,13 @@
 """Could the optimizer come from timm's factory? What matches the official groups and what does not.
 
-Findings pinned here (engine/optim.py is left as it is):
+Findings pinned here (engine/optim.py is left as it is, for the reasons the tests pin):
 
 * weight-decay groups: ``timm.optim.param_groups_weight_decay`` splits the I-JEPA objective's trainable parameters
   exactly as ``split_decay`` and as the official ``src/helper.py:init_opt`` (no decay on biases and 1-D tensors),
   so ``create_optimizer_v2(objective, "adamw", ...)`` builds the same AdamW. Its groups carry no marker of which
-  group follows the weight-decay schedule (the trainer keys on ``apply_wd``), and put the no-decay group first.
+  group follows the weight-decay schedule (the trainer keys on ``apply_wd``), put the no-decay group first (the
+  saved optimizer states of existing checkpoints would swap groups), and at ``weight_decay=0`` merge everything into
+  one no-decay group, which a rising weight-decay schedule could then never reach.
 * LARS: timm's ``Lars`` is the NVIDIA-Apex/LARC form, trust ratio ``eta ||w|| / (||g|| + wd ||w|| + eps)``, and
   adapts only groups with non-zero weight decay. SimCLR (``tf2/lars_optimizer.py``), BYOL (optax ``lars``) and
   VICReg (``main_vicreg.py:LARS``) use ``eta ||w|| / ||g + wd w||``, which jepaflow's ``LARS`` implements: one
@@ -80,3 +82,14 @@ def test_timm_lars_trust_ratio_is_not_the_official_one():
     torch.testing.assert_close(one_step(Lars, trust_coeff=eta), apex)
     # the two updates differ by 6% here: 5 / ||(2, 2)|| = 1.77 against 5 / (0.5 + 2.5) = 1.67
     assert not torch.allclose(w0 - official, w0 - apex, rtol=0.05, atol=0)
+
+
+def test_timm_groups_at_zero_weight_decay_would_freeze_a_rising_schedule(ijepa_objective):
+    """Why ``split_decay`` stays: with ``weight_decay=0`` timm puts every parameter in one no-decay group, so a
+    weight-decay schedule that starts at 0 and rises (``optim.weight_decay: 0``, ``final_weight_decay > 0``) would
+    never reach the weights; jepaflow keeps both groups at every starting value and marks the scheduled one."""
+    decay, no_decay = split_decay(ijepa_objective)
+    assert decay and no_decay
+    groups = param_groups_weight_decay(ijepa_objective, weight_decay=0.0)
+    assert len(groups) == 1 and groups[0]["weight_decay"] == 0.0
+    assert ids(groups[0]["params"]) == ids(decay) | ids(no_decay)
