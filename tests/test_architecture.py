@@ -45,6 +45,7 @@ def test_the_package_keeps_every_import_contract():
     assert set(CONTRACTS) == {
         "engine-imports-no-method", "methods-import-no-engine", "plugin-kinds-independent", "layers-import-no-plugin",
         "probes-below-loop-and-cli",
+        "compare-imports-no-method", "nothing-below-imports-compare",
     }
     result = lint_imports(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -58,6 +59,8 @@ VIOLATIONS = {
     "plugin-kinds-independent": ("predictors/_bad.py", "from jepaflow.encoders.vit import VisionTransformerEncoder\n"),
     "layers-import-no-plugin": ("layers/_bad.py", "def f():\n    import jepaflow.maskers.multiblock\n"),
     "probes-below-loop-and-cli": ("probes/_bad.py", "from jepaflow.engine.trainer import train\n"),
+    "compare-imports-no-method": ("compare/_bad.py", "from jepaflow.objectives import ijepa\n"),
+    "nothing-below-imports-compare": ("target_updaters/_bad.py", "def f():\n    from jepaflow.sweep import plan\n"),
 }
 
 
@@ -74,3 +77,4 @@ def test_each_contract_breaks_on_a_violating_module(tmp_path):
     # the report names the offending import
     assert "jepaflow.engine._bad -> jepaflow.objectives.ijepa" in broken.stdout
     assert "jepaflow.layers._bad -> jepaflow.maskers.multiblock" in broken.stdout
+    assert "jepaflow.compare._bad -> jepaflow.objectives" in broken.stdout

@@ -9,6 +9,8 @@ Commands::
     jepaflow plugins list
     jepaflow plugins show NAME [--kind KIND]
     jepaflow export RUN_OR_CHECKPOINT --output DIR [--which ROLE] [--timm/--no-timm]
+    jepaflow sweep RECIPE... --seeds N --output DIR [--set PATH=VALUE]... [--index I] [--dry-run]
+    jepaflow compare RUN_OR_SWEEP_DIR... [--output DIR] [--allow-mixed]
     jepaflow --version
 
 Every user error is a :class:`jepaflow.errors.JepaflowError`: it is printed as "error: <problem>" and
@@ -34,7 +36,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from jepaflow import __version__
+from jepaflow.cli.compare import compare as compare_command
 from jepaflow.cli.export import export as export_command
+from jepaflow.cli.sweep import sweep as sweep_command
 from jepaflow.errors import JepaflowError, PluginError, clip
 
 if TYPE_CHECKING:
@@ -54,6 +58,8 @@ app = typer.Typer(
 plugins_app = typer.Typer(help="Installed plugins (entry points), their status and their settings.", no_args_is_help=True)
 app.add_typer(plugins_app, name="plugins")
 app.command("export")(export_command)
+app.command("sweep")(sweep_command)
+app.command("compare")(compare_command)
 
 
 # ------------------------------------------------------------------------------------------------ output helpers
