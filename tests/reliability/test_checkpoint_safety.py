@@ -244,7 +244,9 @@ try:
     load_encoder(sys.argv[1])
 except JepaflowError as exc:
     print("REFUSED", exc.problem[:300])
-print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# VmHWM, not getrusage: ru_maxrss survives execve, so it would report the forking parent's (pytest's) size
+hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")][0].split()[1]
+print("MAXRSS_KB", hwm)
 """
 
 
