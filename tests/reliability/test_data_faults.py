@@ -151,11 +151,12 @@ def test_a_mostly_unreadable_folder_through_the_cli(tmp_path, tiny_recipe, worke
 
 
 class KilledWorkerDataset(SyntheticShapesDataset):
-    """Synthetic shapes whose DataLoader worker is killed (SIGKILL, as the out-of-memory killer does) when it
-    reaches item 100."""
+    """Synthetic shapes whose DataLoader worker is killed (SIGKILL, as the out-of-memory killer does) at the
+    first item it loads: the loop is then surely still waiting for it (a kill at a later item could come after
+    the last step on a loaded machine, and the run would end without meeting it)."""
 
     def __getitem__(self, index):
-        if index == 100 and torch.utils.data.get_worker_info() is not None:
+        if torch.utils.data.get_worker_info() is not None:
             os.kill(os.getpid(), signal.SIGKILL)
         return super().__getitem__(index)
 
