@@ -125,7 +125,9 @@ def test_torchrun_tears_down_when_a_rank_dies(tiny_recipe, tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_during_the_end_of_run_probe(tiny_recipe, tmp_path):
-    raw = tiny_recipe({"optim": {"epochs": 1}, "probe": {"enabled": True, "linear_epochs": 1_000_000}})
+    # an attentive head trained for 100,000 epochs: a probe that is surely still running when the signal comes
+    raw = tiny_recipe({"optim": {"epochs": 1}, "probe": {"enabled": True, "kinds": ["knn", "attentive"],
+                                                        "attentive_epochs": 100_000}})
     path = tmp_path / "probe.yaml"
     path.write_text(yaml.safe_dump(raw))
     proc = subprocess.Popen([sys.executable, "-m", "jepaflow.cli.main", "run", str(path)], cwd=tmp_path,
