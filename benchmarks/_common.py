@@ -18,8 +18,17 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def machine_lines(command: str) -> list[str]:
-    """Markdown bullet lines: CPU model and cores, GPU, Python/torch/jepaflow versions, git commit, date, command."""
+def load_average() -> str:
+    """The 1, 5 and 15-minute load averages (a shared machine's timings are only read next to them)."""
+    try:
+        return " ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def machine_lines(command: str, software: str = "") -> list[str]:
+    """Markdown bullet lines: CPU model and cores, GPU, load average, Python/torch/jepaflow versions (plus
+    ``software``, e.g. ``"scikit-learn 1.9.1, "``), git commit, date, command."""
     cpu = platform.processor() or "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
@@ -37,8 +46,8 @@ def machine_lines(command: str) -> list[str]:
                             text=True).stdout.strip() or "unknown"
     return [
         f"- machine: {cpu}, {os.cpu_count()} logical cores ({usable} usable by this process, "
-        f"{torch.get_num_threads()} torch threads); GPU: {gpu}",
-        f"- software: Python {platform.python_version()}, torch {torch.__version__}, jepaflow "
+        f"{torch.get_num_threads()} torch threads); GPU: {gpu}; load average at start (1, 5, 15 min): {load_average()}",
+        f"- software: Python {platform.python_version()}, torch {torch.__version__}, {software}jepaflow "
         f"{jepaflow.__version__} (git {commit}); {time.strftime('%Y-%m-%d %H:%M %Z')}",
         f"- command: `{command}`",
     ]

@@ -28,10 +28,7 @@ Learned features need a checkpoint: give a run folder in ``--sources``, or ``--t
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,37 +39,8 @@ import torch
 import torch.nn.functional as F
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{v:.1f}" for v in os.getloadavg())
-    except OSError:
-        return "unknown"
-
-
-def machine_lines(command: str) -> list[str]:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import sklearn
-
-    import jepaflow
-
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                            text=True).stdout.strip() or "unknown"
-    return [
-        f"- machine: {cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}; "
-        f"load average at start (1, 5, 15 min): {load_average()}",
-        f"- software: Python {platform.python_version()}, torch {torch.__version__}, scikit-learn "
-        f"{sklearn.__version__}, jepaflow {jepaflow.__version__} (git {commit}); {time.strftime('%Y-%m-%d %H:%M %Z')}",
-        f"- command: `{command}`",
-    ]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import load_average, machine_lines  # noqa: E402
 
 
 def features(source: str, data: str, layers: str, role: str | None, overrides: list[str]) -> tuple[Any, Any, dict[str, Any]]:
@@ -223,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     command = "python benchmarks/probe_vs_sklearn.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    head = machine_lines(command)
+    import sklearn
+
+    head = machine_lines(command, software=f"scikit-learn {sklearn.__version__}, ")
     sources = list(args.sources)
     if args.train_steps:
         run_dir = args.train_dir or Path("/tmp/jepaflow-probe-vs-sklearn") / f"{args.train_recipe.stem}-{args.train_steps}"

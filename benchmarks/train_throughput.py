@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import resource
 import shlex
 import statistics
@@ -51,6 +49,9 @@ from jepaflow.errors import DataError, JepaflowError
 from jepaflow.interfaces import Batch, MaskBatch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_lines  # noqa: E402
+
 DEFAULT_RECIPES = ["recipes/quickstart.yaml", "recipes/fashion_mnist_ijepa.yaml"]
 RESULT_TAG = "JEPAFLOW_BENCH_RESULT "
 #: schedule length used for the learning-rate, weight-decay and momentum values (they do not change the speed)
@@ -322,29 +323,6 @@ def run_isolated(args: argparse.Namespace, recipe_path: str) -> dict[str, Any]:
     lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
     reason = next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else "")
     return {"recipe": recipe_path, "error": f"exit {proc.returncode}: {reason[:160]}"}
-
-
-def machine_lines(command: str) -> list[str]:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpu = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "none"
-    import jepaflow
-
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                            text=True).stdout.strip() or "unknown"
-    return [
-        f"- machine: {cpu}, {os.cpu_count()} logical cores ({usable} usable by this process); GPU: {gpu}",
-        f"- software: Python {platform.python_version()}, torch {torch.__version__}, jepaflow "
-        f"{jepaflow.__version__} (git {commit}); {time.strftime('%Y-%m-%d %H:%M %Z')}",
-        f"- command: `{command}`",
-    ]
 
 
 def _fmt(v: Any, digits: int = 1) -> str:
