@@ -171,6 +171,16 @@ def fmt(v: Any, digits: int = 1) -> str:
     return str(v).replace("|", "\\|")
 
 
+
+def emit(text: str, out: str | None, append: bool) -> None:
+    """Print a report and, with ``out``, write it there (appended after a blank line with ``append``)."""
+    print(text, flush=True)
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a" if append and path.exists() else "w") as f:
+            f.write(("\n" if f.tell() else "") + text)
+
 def table(head: list[str], rows: list[list[Any]], left: int = 1) -> list[str]:
     """A markdown table; the first ``left`` columns are left-aligned, the others right-aligned."""
     out = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * left + ["---:"] * (len(head) - left)) + "|"]

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import command_line, import_reference, machine_lines, table  # noqa: E402
+from _common import command_line, emit, import_reference, machine_lines, table  # noqa: E402
 
 from jepaflow.maskers.multiblock import MultiBlockMasker  # noqa: E402
 
@@ -107,11 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"Median of up to {args.repeats} calls per sampler, called in turn, after one warm-up; "
                       f"{args.threads} torch thread(s).", "",
                       *table(head, rows, left=4), ""])
-    print(text)
-    if args.out:
-        out = Path(args.out)
-        with out.open("a" if args.append and out.exists() else "w") as f:
-            f.write(("\n" if f.tell() else "") + text)
+    emit(text, args.out, args.append)
     return 0
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import command_line, machine_lines, sync, table  # noqa: E402
+from _common import command_line, emit, machine_lines, sync, table  # noqa: E402
 from train_step import encoder_dims, parse_args, recipe_dict  # noqa: E402
 
 from jepaflow.config import load_recipe  # noqa: E402
@@ -85,11 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(EMA: {sum(p.numel() for p in online) / 1e6:.1f} M in {len(online)}), {dev.type}", "",
         *machine_lines(command_line(argv)), "",
         *table(["update", "ms (median)", "ms (min)", "calls"], rows), ""])
-    print(text)
-    if args.out:
-        out = Path(args.out)
-        with out.open("a" if args.append and out.exists() else "w") as f:
-            f.write(("\n" if f.tell() else "") + text)
+    emit(text, args.out, args.append)
     return 0
 
 

@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PeakMemory, command_line, import_reference, machine_lines, percentile, sync, table  # noqa: E402
+from _common import PeakMemory, command_line, emit, import_reference, machine_lines, percentile, sync, table  # noqa: E402
 
 from jepaflow.config import Recipe, load_recipe  # noqa: E402
 from jepaflow.encoders.vit import VIT_SIZES  # noqa: E402
@@ -629,12 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     res = measure(sides, setup)
     summary = summarize(args, setup, sides, res)
     text = report(args, setup, sides, summary, command)
-    print(text, flush=True)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("a" if args.append and out.exists() else "w") as f:
-            f.write(("\n" if f.tell() else "") + text)
+    emit(text, args.out, args.append)
     if args.json:
         Path(args.json).write_text(json.dumps({"summary": summary, "raw": {k: vars(v) for k, v in res.items()}},
                                               indent=1, default=str))

@@ -50,7 +50,7 @@ from jepaflow.interfaces import Batch, MaskBatch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_lines  # noqa: E402
+from _common import emit, machine_lines  # noqa: E402
 
 DEFAULT_RECIPES = ["recipes/quickstart.yaml", "recipes/fashion_mnist_ijepa.yaml"]
 RESULT_TAG = "JEPAFLOW_BENCH_RESULT "
@@ -450,12 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # one failing recipe (e.g. out of memory) must not lose the others' rows
             rows.append({"recipe": path, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"})
     text = report(args, rows, command)
-    print(text)
+    emit(text, args.out, args.append)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        out = Path(args.out)
-        with out.open("a" if args.append and out.exists() else "w") as f:
-            f.write(("\n" if f.tell() else "") + text)
         print(f"written to {args.out}", file=sys.stderr)
     return 1 if any("error" in r for r in rows) else 0
 
