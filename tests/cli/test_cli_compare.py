@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,9 @@ from typer.testing import CliRunner
 
 from jepaflow.cli.main import app
 from jepaflow.compare.stats import mean_ci
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compare"))
+from fake_runs import assert_plots_linked  # noqa: E402
 
 runner = CliRunner()
 
@@ -36,7 +40,6 @@ def probes_api_missing() -> str | None:
     return None
 
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # 128 train / 64 test grey 16 px images (256 pixels: a quick raw-pixel floor), batch 32: 4 steps; probes with a
 # short C grid; the random-init baseline
 BASE = {"data": {"num_train": 128, "num_test": 64, "image_size": 16, "channels": 1},
@@ -106,10 +109,7 @@ def test_compare_two_sweeps_writes_the_table_the_csv_and_the_plots(compared):
     root, out, res = compared
     assert res.exit_code == 0, res.output
     md = (out / "compare.md").read_text()
-    for name in ("accuracy.png", "accuracy_vs_compute.png", "loss.png", "rankme.png"):
-        data = (out / name).read_bytes()
-        assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
-        assert f"![{name[:-4]}]({name})" in md
+    assert_plots_linked(out, md)
     rows = {r["label"]: r for r in csv.DictReader((out / "compare.csv").open())}
     methods = {k: v for k, v in rows.items() if v["kind"] == "method"}
     assert set(methods) == {"ijepa [optim.lr=0.001]", "ijepa [optim.lr=0.003]"}

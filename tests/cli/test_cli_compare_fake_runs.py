@@ -18,10 +18,9 @@ from jepaflow.cli.main import app
 from jepaflow.compare.stats import mean_ci
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compare"))
-from fake_runs import SETTINGS, make_floor, make_run  # noqa: E402
+from fake_runs import SETTINGS, assert_plots_linked, make_floor, make_run  # noqa: E402
 
 runner = CliRunner()
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # linear: A's interval lies above B's (a win); knn: A's mean is higher but the intervals overlap (no win)
 A = {"linear": [0.90, 0.91, 0.92], "knn": [0.80, 0.85, 0.90]}
 B = {"linear": [0.80, 0.81, 0.82], "knn": [0.82, 0.84, 0.86]}
@@ -50,10 +49,7 @@ def test_compare_of_two_sweeps_writes_table_csv_and_plots(tmp_path):
     res = invoke("compare", str(a), str(b), str(tmp_path / "pixels"), "--output", str(out), "--no-pixel-floor")
     assert res.exit_code == 0, res.output
     md = (out / "compare.md").read_text()
-    for name in ("accuracy.png", "accuracy_vs_compute.png", "loss.png", "rankme.png"):
-        data = (out / name).read_bytes()
-        assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
-        assert f"![{name[:-4]}]({name})" in md
+    assert_plots_linked(out, md)
     rows = {r["label"]: r for r in csv.DictReader((out / "compare.csv").open())}
     lr1, lr2 = rows["ijepa [optim.lr=0.001]"], rows["ijepa [optim.lr=0.002]"]
     for row, accs in ((lr1, A), (lr2, B)):

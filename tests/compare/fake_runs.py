@@ -92,3 +92,15 @@ def make_floor(root: Path, name: str, accuracies: dict[str, float], kind: str = 
     doc = probe_doc(accuracies, kind=kind, role=None, content_hash=f"sha256:{kind}", **kwargs)
     (folder / "probe.json").write_text(json.dumps(doc))
     return folder
+
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PLOTS = ("accuracy.png", "accuracy_vs_compute.png", "loss.png", "rankme.png")
+
+
+def assert_plots_linked(out: Path, md: str) -> None:
+    """Every compare plot is a real PNG of some size in ``out`` and is shown in ``compare.md``."""
+    for name in PLOTS:
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
+        assert f"![{name[:-4]}]({name})" in md
