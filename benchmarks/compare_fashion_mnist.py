@@ -30,9 +30,8 @@ the results still go to ``docs/results/`` unless ``--results`` says otherwise).
 
 A quick end-to-end check of the pipeline, ``--smoke``: I-JEPA and MAE (or ``--methods``), 2 seeds, the first 512
 images of each split, one epoch (2 steps of batch 256), results under ``OUTPUT/results`` (never docs/). Measured
-on the 2-core development machine with the probes branch merged: 2.3 CPU-minutes (user time); 13 minutes of wall
-time at ``nice -n 10`` with a load average of 7-8 from other work. Its compare step needs the schema'd
-probe.json that the probes branch writes. tests/benchmarks/test_compare_fashion_mnist.py checks the budget and that every recipe
+on the 2-core development machine: 2.3 CPU-minutes (user time); 13 minutes of wall
+time at ``nice -n 10`` with a load average of 7-8 from other work. tests/benchmarks/test_compare_fashion_mnist.py checks the budget and that every recipe
 validates with it:
 
     python benchmarks/compare_fashion_mnist.py --smoke --output /tmp/cmp_fm

@@ -24,22 +24,6 @@ from fake_runs import assert_plots_linked  # noqa: E402
 runner = CliRunner()
 
 
-def probes_api_missing() -> str | None:
-    """Why the end-of-run probe cannot write a schema'd probe.json here (None when it can): the probe.json writer
-    (``jepaflow.probes.evaluate``, schema jepaflow-probe v1, and ProbeConfig's ``linear_C`` grid) comes with the
-    probes branch. Until it is merged, the real sweeps below are skipped; the same pipeline runs on hand-made
-    run folders in test_cli_compare_fake_runs.py."""
-    try:
-        from jepaflow.probes.evaluate import SCHEMA, probe_encoder  # noqa: F401
-    except ImportError as exc:
-        return f"jepaflow.probes lacks the probe.json writer ({exc}); merge the probes branch"
-    from jepaflow.config import ProbeConfig
-
-    if "linear_C" not in ProbeConfig.model_fields:
-        return "ProbeConfig lacks linear_C (the probes branch's settings)"
-    return None
-
-
 # 128 train / 64 test grey 16 px images (256 pixels: a quick raw-pixel floor), batch 32: 4 steps; probes with a
 # short C grid; the random-init baseline
 BASE = {"data": {"num_train": 128, "num_test": 64, "image_size": 16, "channels": 1},
@@ -57,9 +41,6 @@ def invoke(*args: str):
 def sweeps(tmp_path_factory):
     """Two sweeps into two folders (I-JEPA at two learning rates, then a recipe that cannot find its data, to
     check that a failure is reported and the others still run): ``(root, sweep A, sweep B, sweep A's output)``."""
-    missing = probes_api_missing()
-    if missing:
-        pytest.skip(missing)
     root = tmp_path_factory.mktemp("sweeps")
     lr_a = root / "ijepa_lr1.yaml"
     lr_a.write_text(yaml.safe_dump(merge(TINY_RECIPE, BASE)))

@@ -2,8 +2,8 @@
 probe.json documents of schema jepaflow-probe v1 whose numbers the test chooses): the command writes the table,
 the CSV and the four PNGs, marks a win only where the intervals are apart, counts the training FLOPs of the real
 recipes, refuses mixed probe settings naming the difference and flags them with ``--allow-mixed``, and refuses an
-output folder it cannot write before reading anything. Needs nothing from the probes branch (the same pipeline
-over real tiny sweeps is test_cli_compare.py)."""
+output folder it cannot write before reading anything. Fast: no training (the same pipeline over real tiny
+sweeps is test_cli_compare.py)."""
 
 from __future__ import annotations
 
