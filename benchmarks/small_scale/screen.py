@@ -128,7 +128,8 @@ def load_split(recipe_dict: dict, split: str, device) -> tuple[torch.Tensor, tor
 
 
 def screen_probe(run_dir: Path, device: str, data_cache: dict, roles=("target", "context"),
-                 grid=(1e-4, 1e-3, 1e-2), layer_sets=("last", "last4"), linear_train: int | None = None) -> dict[str, Any]:
+                 grid=(1e-4, 1e-3, 1e-2), layer_sets=("last", "last4"), linear_train: int | None = None,
+                 train_items: int | None = None) -> dict[str, Any]:
     import jepaflow
     from jepaflow.probes.knn import knn_accuracy
 
@@ -137,6 +138,9 @@ def screen_probe(run_dir: Path, device: str, data_cache: dict, roles=("target", 
     if key not in data_cache:
         data_cache[key] = (load_split(recipe, "train", device), load_split(recipe, "test", device))
     (xtr, ytr), (xte, yte) = data_cache[key]
+    if train_items is not None and train_items < len(ytr):  # an evenly spaced subset for every probe
+        keep = torch.linspace(0, len(ytr) - 1, train_items).long().to(ytr.device)
+        xtr, ytr = xtr[keep], ytr[keep]
     classes = int(ytr.max()) + 1
     out: dict[str, Any] = {}
     for role in roles:
@@ -148,8 +152,9 @@ def screen_probe(run_dir: Path, device: str, data_cache: dict, roles=("target", 
         for layers in layer_sets:
             out[f"{role}_{layers}_linear"] = logreg_accuracy(ftr[layers][sub], ytr[sub], fte[layers], yte, classes,
                                                              grid)
-        out[f"{role}_last_knn"] = knn_accuracy(ftr["last"], ytr, fte["last"], yte, k=20, temperature=0.07,
-                                               num_classes=classes)
+        for layers in layer_sets:
+            key = f"{role}_last_knn" if layers == "last" else f"{role}_{layers}_knn"
+            out[key] = knn_accuracy(ftr[layers], ytr, fte[layers], yte, k=20, temperature=0.07, num_classes=classes)
         out[f"{role}_last_rankme"] = rankme(fte["last"])
     return out
 
@@ -159,14 +164,15 @@ def run_variant(name: str, plan: dict, args, out_dir: Path) -> None:
     """Child process: train one variant (unless already trained), then screen-probe it into screen.json."""
     run = out_dir / name
     res_file = run / "screen.json"
-    if res_file.exists():
+    if res_file.exists() and not args.reprobe:
         return
     overrides = list(plan.get("common", [])) + list(plan["variants"][name] or []) + list(args.set)
     overrides += ["probe.enabled=false", "train.progress=false"]
     if args.device != "auto":
         overrides.append(f"train.device={args.device}")
     t0 = time.time()
-    if not (run / "summary.json").exists():
+    trained = (run / "summary.json").exists()
+    if not trained:
         cmd = [sys.executable, "-m", "jepaflow.cli.main", "run", str(plan["base"]), "--output", str(run)]
         for o in overrides:
             cmd += ["--set", o]
@@ -177,9 +183,12 @@ def run_variant(name: str, plan: dict, args, out_dir: Path) -> None:
     t1 = time.time()
     device = "cuda" if args.device == "cuda" else "cpu"
     res = screen_probe(run, device, {}, roles=args.roles, grid=tuple(args.grid), layer_sets=tuple(args.layers),
-                       linear_train=args.linear_train)
+                       linear_train=args.linear_train, train_items=args.train_items)
     summary = json.loads((run / "summary.json").read_text())
-    res.update(train_minutes=round((t1 - t0) / 60, 2), probe_seconds=round(time.time() - t1, 1),
+    minutes = round((t1 - t0) / 60, 2)
+    if trained and res_file.exists():  # a probe again: the training time is the first probe's record
+        minutes = json.loads(res_file.read_text()).get("train_minutes", minutes)
+    res.update(train_minutes=minutes, probe_seconds=round(time.time() - t1, 1),
                last=summary.get("last", {}), overrides=overrides)
     res_file.write_text(json.dumps(res, indent=2))
 
@@ -207,7 +216,7 @@ def step_flops(plan: dict, name: str, extra: list[str], batch: int = 32) -> floa
 
 def table(names: list[str], out_dir: Path, roles: list[str]) -> str:
     cols = [f"{r}_{layers}_linear" for r in roles for layers in ("last", "last4")]
-    cols += [f"{r}_last_knn" for r in roles] + ["target_last_rankme" if "target" in roles else f"{roles[0]}_last_rankme"]
+    cols += [f"{r}_last_knn" for r in roles] + [f"{r}_last4_knn" for r in roles] + ["target_last_rankme" if "target" in roles else f"{roles[0]}_last_rankme"]
     head = "| variant | " + " | ".join(c.replace("_", " ") for c in cols) + " | loss | train RankMe | train min |"
     lines = [head, "|" + "---|" * (len(cols) + 4)]
     for n in names:
@@ -246,6 +255,9 @@ def main() -> None:
     p.add_argument("--grid", nargs="+", type=float, default=[1e-4, 1e-3, 1e-2], help="L2 penalties tried")
     p.add_argument("--layers", nargs="+", default=["last", "last4"], help="feature sets for the linear probe")
     p.add_argument("--linear-train", type=int, default=None, help="train items for the linear probe (default all)")
+    p.add_argument("--train-items", type=int, default=None,
+                   help="train items every probe uses (kNN included; evenly spaced; default all)")
+    p.add_argument("--reprobe", action="store_true", help="probe trained variants again (screen.json replaced)")
     p.add_argument("--flops", action="store_true", help="only print each variant's training MFLOPs per image")
     p.add_argument("--table-only", action="store_true", help="only print the table of what is already probed")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -266,7 +278,7 @@ def main() -> None:
             print(f"{n}: {step_flops(plan, n, list(args.set)) / 1e6:.1f} MFLOPs/img", flush=True)
         return
     t_start = time.time()
-    todo = [n for n in names if not (out_dir / n / "screen.json").exists()]
+    todo = [n for n in names if args.reprobe or not (out_dir / n / "screen.json").exists()]
     running: dict[str, subprocess.Popen] = {}
     child_args = [a for a in sys.argv[1:]]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads)) if args.threads else None

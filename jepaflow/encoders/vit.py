@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
-from timm.layers import PatchEmbed
+from timm.layers import PatchEmbed, lecun_normal_
 from torch import Tensor
 
 from jepaflow.fields import Blocks, DropRate, Heads, ImageSize, InitStd, MlpRatio, Width
@@ -61,6 +61,12 @@ class VisionTransformerEncoder(Encoder):
         mlp_ratio: MlpRatio | None = Field(None, description="override the size's MLP hidden/width ratio")
         drop_path_rate: DropRate = Field(0.0, description="stochastic depth of the last block")
         init_std: InitStd = Field(0.02, description="std of the truncated-normal weight init")
+        patch_embed_init: Literal["reference", "lecun_normal"] = Field(
+            "reference",
+            description="reference: the patch projection drawn like every layer (trunc_normal(init_std)); "
+            "lecun_normal: std 1/sqrt(fan_in) (timm's jax-style ViT init), so that the content of small patches is "
+            "not drowned by the position table at the start (not in I-JEPA: an option for small patches)",
+        )
 
         def dims(self) -> tuple[int, int, int, float]:
             """``(embed_dim, depth, num_heads, mlp_ratio)``: the size's values with the overrides applied."""
@@ -115,6 +121,11 @@ class VisionTransformerEncoder(Encoder):
         self.blocks = make_blocks(dim, depth, heads, ratio, config.drop_path_rate)
         self.norm = layer_norm(dim)
         init_reference_weights(self, config.init_std)
+        if config.patch_embed_init == "lecun_normal":
+            # With the reference init a 4x4 grey patch (16 inputs) is projected to tokens of per-feature std about
+            # 0.02 * sqrt(16) = 0.08, against 0.5 for the sin-cos table: 93% of a random encoder's token variance is
+            # position (docs/results/small_scale_ijepa.md). 1/sqrt(fan_in) gives the content unit scale.
+            lecun_normal_(self.patch_embed.proj.weight)
         # sin-cos tables of other grids, keyed by (grid, device, dtype): built once on the host, then reused
         self._pos_cache: dict[tuple, Tensor] = {}
 

@@ -281,3 +281,22 @@ def test_overrides_and_registry():
     cfg = VisionTransformerEncoder.Config(size="large", embed_dim=64, depth=2)
     assert cfg.dims() == (64, 2, 16, 4.0)
     assert get_plugin("encoder", "vit") is VisionTransformerEncoder
+
+
+def test_lecun_patch_init_gives_patch_tokens_unit_scale():
+    """The reference init draws the patch projection from trunc_normal(0.02): with 4x4 grey patches the tokens'
+    content is ~0.08 per feature against ~0.5 for the sin-cos positions. ``lecun_normal`` (std 1/sqrt(fan_in))
+    brings it to ~1; nothing else of the init changes."""
+    torch.manual_seed(0)
+    ref = small_encoder(patch_size=4, img_size=28, in_chans=1, embed_dim=128, num_heads=4)
+    torch.manual_seed(0)
+    lec = small_encoder(patch_size=4, img_size=28, in_chans=1, embed_dim=128, num_heads=4,
+                        patch_embed_init="lecun_normal")
+    x = torch.randn(256, 1, 28, 28)
+    with torch.no_grad():
+        ref_std, lec_std = ref.patch_embed(x).std().item(), lec.patch_embed(x).std().item()
+    assert 0.05 < ref_std < 0.12 and 0.85 < lec_std < 1.15
+    assert abs(lec.patch_embed.proj.weight.std().item() - 1 / 4) < 0.02  # 1/sqrt(16 inputs)
+    for (name, a), (_, b) in zip(ref.state_dict().items(), lec.state_dict().items()):
+        if name != "patch_embed.proj.weight":
+            assert torch.equal(a, b), name

@@ -89,3 +89,37 @@ def test_sigreg_option_adds_the_regularizer_and_is_off_by_default():
     assert torch.isclose(out.loss, out.metrics["pred_loss"] + 0.5 * reg, rtol=1e-5)
     out.loss.backward()
     assert obj.encoder.patch_embed.proj.weight.grad.abs().sum() > 0
+
+
+def test_standardize_over_batch_is_per_position_and_feature():
+    from jepaflow.objectives.ijepa import standardize_over_batch
+
+    g = torch.Generator().manual_seed(0)
+    pos = torch.randn(1, 5, 3, generator=g) * 10  # a large part shared by every image at each position
+    content = torch.randn(64, 5, 3, generator=g) * torch.tensor([0.1, 1.0, 3.0])  # per-feature scales
+    out = standardize_over_batch(pos + content)
+    # the shared per-position part is gone and every (position, feature) has unit variance over the batch
+    torch.testing.assert_close(out.mean(0), torch.zeros(5, 3), atol=1e-5, rtol=0)
+    v = content.var(0, unbiased=False)
+    torch.testing.assert_close(out.var(0, unbiased=False), v / (v + 1e-5), atol=1e-4, rtol=0)  # 1 up to eps
+    assert (out.var(0, unbiased=False) > 0.99).all()
+    # and it is the same as standardizing the image-dependent part alone (by hand)
+    c = content - content.mean(0)
+    torch.testing.assert_close(out, c / (c.var(0, unbiased=False) + 1e-5).sqrt(), atol=1e-4, rtol=1e-4)
+
+
+def test_layer_batch_target_norm_changes_only_the_targets():
+    base = _objective()
+    obj = IJEPAObjective(IJEPAObjective.Config(target_norm="layer_batch"), encoder=base.encoder,
+                         predictor=base.predictor)
+    imgs = torch.randn(8, 3, 32, 32)
+    ctx = torch.tensor([[0, 1, 2, 3, 4, 5]] * 8)
+    tgt = torch.tensor([[[10, 11], [14, 15]]] * 8)
+    out = obj(Batch(images=imgs, masks=MaskBatch(context=ctx, targets=tgt)))
+    with torch.no_grad():
+        h = F.layer_norm(obj.target_encoder(imgs), (48,))
+        h = (h - h.mean(0)) / (h.var(0, unbiased=False) + 1e-5).sqrt()
+        y = torch.stack([h[:, [10, 11]], h[:, [14, 15]]], dim=1)
+        p = obj.predictor(obj.encoder(imgs, ctx), ctx, tgt)
+    assert torch.isclose(out.loss, F.smooth_l1_loss(p, y), atol=1e-5)
+    assert not torch.isclose(out.loss, base(Batch(images=imgs, masks=MaskBatch(context=ctx, targets=tgt))).loss)
