@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from jepaflow.layers.distributed import all_gather_with_grad, world_size
+from jepaflow.layers.distributed import all_gather_no_grad, all_gather_with_grad, world_size
 
 # ------------------------------------------------------------------------------------------------------------
 # Pure functions
@@ -91,6 +91,7 @@ def epps_pulley(
     num_points: int = 17,
     gather: bool = True,
     quadrature: tuple[Tensor, Tensor] | None = None,
+    sample_weight: Tensor | None = None,
 ) -> Tensor:
     """Epps-Pulley statistic of each column of ``x`` against ``N(0, 1)`` (LeJEPA sec. 4.2.3, Algorithm 1).
 
@@ -106,6 +107,8 @@ def epps_pulley(
             ``N`` (Algorithm 1); ignored in a single process.
         quadrature: precomputed ``epps_pulley_quadrature(...)`` output (then ``t_max``, ``num_points`` are
             unused).
+        sample_weight: ``(..., N)`` non-negative weights of the samples (e.g. 0 for padding), or None (all 1).
+            The ECF is then the weighted mean and ``N`` the sum of the weights.
     Returns:
         ``(..., S)`` float32 statistics, >= 0. Under H0 its expectation is about
         ``integral (1 - exp(-t^2)) exp(-t^2/2) dt ~ 1.06`` whatever ``N``; away from H0 it grows like ``N``.
@@ -114,12 +117,21 @@ def epps_pulley(
     with torch.autocast(device_type=x.device.type, enabled=False):
         x = x.float()
         xt = x.unsqueeze(-1) * t  # (..., N, S, T)
-        ecf = torch.stack([xt.cos().mean(-3), xt.sin().mean(-3)])  # (2, ..., S, T): real and imaginary parts
-        n = x.shape[-2]
         ranks = world_size() if gather else 1
-        if ranks > 1:
-            ecf = all_gather_with_grad(ecf.unsqueeze(0)).mean(0)  # (W, 2, ..., S, T) -> global ECF
-            n = n * ranks
+        if sample_weight is None:
+            ecf = torch.stack([xt.cos().mean(-3), xt.sin().mean(-3)])  # (2, ..., S, T): real and imaginary parts
+            n = x.shape[-2]
+            if ranks > 1:
+                ecf = all_gather_with_grad(ecf.unsqueeze(0)).mean(0)  # (W, 2, ..., S, T) -> global ECF
+                n = n * ranks
+        else:
+            w = sample_weight.float()[..., None, None]  # (..., N, 1, 1)
+            sums = torch.stack([(xt.cos() * w).sum(-3), (xt.sin() * w).sum(-3)])  # (2, ..., S, T)
+            n = sample_weight.float().sum(-1)[..., None]  # (..., 1)
+            if ranks > 1:  # the global weighted mean: sums and weights of every rank
+                sums = all_gather_with_grad(sums.unsqueeze(0)).sum(0)
+                n = all_gather_no_grad(n.unsqueeze(0)).sum(0)
+            ecf = sums / n.clamp_min(1e-12).unsqueeze(-1)
         target = torch.exp(-0.5 * t.square())  # standard normal CF, real
         err = (ecf[0] - target).square() + ecf[1].square()  # |phi_hat - phi|^2, (..., S, T)
         return n * (err @ weights)
@@ -143,6 +155,7 @@ def sigreg(
     num_points: int = 17,
     gather: bool = True,
     quadrature: tuple[Tensor, Tensor] | None = None,
+    sample_weight: Tensor | None = None,
 ) -> Tensor:
     """SIGReg of embeddings (LeJEPA def. 2 with the Epps-Pulley test): the slice-averaged statistic.
 
@@ -150,13 +163,13 @@ def sigreg(
         z: ``(..., N, D)`` embeddings; leading dims are independent sample sets (LeJEPA applies SIGReg to
             each view separately and averages over views, eq. LeJEPA / Algorithm 2).
         directions: ``(D, S)`` unit columns, e.g. :func:`random_directions`; shared by all leading dims.
-        t_max, num_points, gather, quadrature: see :func:`epps_pulley`.
+        t_max, num_points, gather, quadrature, sample_weight: see :func:`epps_pulley`.
     Returns:
         ``(...)`` float32: ``mean_s EP(z @ directions[:, s])``.
     """
     with torch.autocast(device_type=z.device.type, enabled=False):
         projected = z.float() @ directions.to(device=z.device, dtype=torch.float32)  # (..., N, S)
-    return epps_pulley(projected, t_max, num_points, gather, quadrature).mean(-1)
+    return epps_pulley(projected, t_max, num_points, gather, quadrature, sample_weight).mean(-1)
 
 
 def epps_pulley_expected_null(t_max: float = math.inf) -> float:
@@ -184,7 +197,7 @@ class SIGReg(nn.Module):
     device sync to read it) saved in the state dict as extra state, so a resumed run continues the same
     direction sequence.
 
-    ``forward(z (..., N, D)) -> (...)``: see :func:`sigreg`.
+    ``forward(z (..., N, D), sample_weight (..., N) | None) -> (...)``: see :func:`sigreg`.
     """
 
     def __init__(self, num_slices: int = 1024, t_max: float = 5.0, num_points: int = 17, gather: bool = True):
@@ -203,10 +216,11 @@ class SIGReg(nn.Module):
         self._generator.manual_seed(seed)
         return random_directions(dim, self.num_slices, self._generator, device)
 
-    def forward(self, z: Tensor) -> Tensor:
+    def forward(self, z: Tensor, sample_weight: Tensor | None = None) -> Tensor:
         directions = self.directions(z.shape[-1], z.device, self.calls)
         self.calls += 1
-        return sigreg(z, directions, gather=self.gather, quadrature=(self.t, self.weights))
+        return sigreg(z, directions, gather=self.gather, quadrature=(self.t, self.weights),
+                      sample_weight=sample_weight)
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"calls": self.calls}

@@ -100,6 +100,24 @@ def standardize_over_batch(h: Tensor, eps: float = 1e-5) -> Tensor:
     return (h - mean) * torch.rsqrt(var + eps)
 
 
+def position_residuals(tokens: Tensor, idx: Tensor, num_positions: int, valid: Tensor | None = None) -> Tensor:
+    """Tokens minus the batch mean of the tokens at the same grid position: the image-dependent part.
+
+    Args:
+        tokens: ``(B, K, D)`` tokens at the positions ``idx`` ``(B, K)`` of a grid of ``num_positions``.
+        valid: ``(B, K)`` bool, False for padding (left out of the means), or None.
+    Returns:
+        ``(B, K, D)``: ``tokens[b, k] - mean{tokens[b', k'] : idx[b', k'] == idx[b, k], valid}``.
+    """
+    B, K, D = tokens.shape
+    w = tokens.new_ones(B, K) if valid is None else valid.to(tokens.dtype)
+    flat = idx.reshape(-1)
+    sums = tokens.new_zeros(num_positions, D).index_add_(0, flat, (tokens * w.unsqueeze(-1)).reshape(-1, D))
+    counts = tokens.new_zeros(num_positions).index_add_(0, flat, w.reshape(-1))
+    mean = sums / counts.clamp_min(1.0).unsqueeze(-1)  # (N, D)
+    return tokens - mean[idx]
+
+
 def masked_mean(tokens: Tensor, valid: Tensor | None) -> Tensor:
     """Mean over the valid tokens: ``(B, K, D)``, ``(B, K)`` bool or None -> ``(B, D)``."""
     if valid is None:
@@ -123,6 +141,11 @@ class IJEPAObjective(TargetNetworksMixin, Objective):
             "(I-JEPA as published). Not in the paper: an anti-collapse option for small-scale runs",
         )
         sigreg_slices: int = Field(256, ge=1, le=65536, description="random 1-D directions per step for the SIGReg term")
+        sigreg_on: Literal["pooled", "tokens"] = Field(
+            "pooled",
+            description="what the SIGReg term reads: pooled: each image's mean context token (B samples); tokens: "
+            "every context token minus the batch mean at its position (B x K_ctx samples, per process)",
+        )
         target_norm: Literal["layer", "layer_batch"] = Field(
             "layer",
             description="layer: parameter-free layer norm of the target tokens (official); layer_batch: then "
@@ -142,7 +165,9 @@ class IJEPAObjective(TargetNetworksMixin, Objective):
         # always runs in eval mode (TargetNetworksMixin): no stochastic depth or dropout in the targets.
         self.target_encoder = frozen_copy(encoder)
         # Only built when used, so that the default objective's state dict stays what it always was.
-        self.sigreg = SIGReg(config.sigreg_slices) if config.sigreg_weight > 0 else None
+        # tokens: each process tests its own B x K_ctx tokens (thousands of samples; no cross-rank gather)
+        self.sigreg = (SIGReg(config.sigreg_slices, gather=config.sigreg_on == "pooled")
+                       if config.sigreg_weight > 0 else None)
 
     def forward(self, batch: Batch) -> ObjectiveOutput:
         masks = batch.masks
@@ -160,7 +185,13 @@ class IJEPAObjective(TargetNetworksMixin, Objective):
         zf = masked_mean(z.float(), masks.context_valid)  # (B, D) pooled context features
         metrics = {}
         if self.sigreg is not None:
-            reg = self.sigreg(zf)
+            if self.config.sigreg_on == "pooled":
+                reg = self.sigreg(zf)
+            else:
+                num_positions = int(h.shape[1])
+                r = position_residuals(z.float(), masks.context, num_positions, masks.context_valid)
+                w = None if masks.context_valid is None else masks.context_valid.reshape(-1)
+                reg = self.sigreg(r.reshape(-1, r.shape[-1]), sample_weight=w)
             metrics["pred_loss"] = loss.detach()
             metrics["sigreg"] = reg.detach()
             loss = loss + self.config.sigreg_weight * reg

@@ -222,3 +222,28 @@ def test_two_real_ranks_match_one_process(tmp_path):
         out = torch.load(tmp_path / f"rank{r}.pt")
         torch.testing.assert_close(out["loss"], full.detach(), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(out["grad"] / 2, xf.grad[r * 32:(r + 1) * 32], rtol=1e-4, atol=1e-6)
+
+
+def test_sample_weights_of_zero_and_one_drop_samples_and_are_averaged_over_ranks(monkeypatch):
+    """0/1 weights give the statistic of the kept samples; integer weights the statistic of repeated samples;
+    over two simulated ranks, each rank's weighted ECF sums and weight sums are combined."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 3, generator=g) * 1.5
+    keep = torch.rand(40, generator=g) > 0.3
+    torch.testing.assert_close(epps_pulley(x, sample_weight=keep.float()), epps_pulley(x[keep]), rtol=1e-5,
+                               atol=1e-6)
+    rep = torch.tensor([1.0, 2.0, 3.0] * 13 + [1.0])
+    torch.testing.assert_close(epps_pulley(x, sample_weight=rep), epps_pulley(x.repeat_interleave(rep.long(), 0)),
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(epps_pulley(x, sample_weight=torch.ones(40)), epps_pulley(x), rtol=1e-6, atol=1e-6)
+    # two simulated ranks: the first half here, the second half's contributions as rank b would send them
+    wa, wb = keep[:20].float(), keep[20:].float()
+    t, _ = epps_pulley_quadrature()
+    xt = x[20:].unsqueeze(-1) * t  # (20, 3, T)
+    b_sums = torch.stack([(xt.cos() * wb[:, None, None]).sum(0), (xt.sin() * wb[:, None, None]).sum(0)])
+    b_n = wb.sum().reshape(1)
+    monkeypatch.setattr(sigreg_mod, "world_size", lambda: 2)
+    monkeypatch.setattr(sigreg_mod, "all_gather_with_grad", lambda s_: torch.cat([s_, b_sums.unsqueeze(0)]))
+    monkeypatch.setattr(sigreg_mod, "all_gather_no_grad", lambda n_: torch.cat([n_, b_n.unsqueeze(0)]))
+    torch.testing.assert_close(epps_pulley(x[:20], sample_weight=wa), epps_pulley(x[keep], gather=False),
+                               rtol=1e-5, atol=1e-6)

@@ -123,3 +123,37 @@ def test_layer_batch_target_norm_changes_only_the_targets():
         p = obj.predictor(obj.encoder(imgs, ctx), ctx, tgt)
     assert torch.isclose(out.loss, F.smooth_l1_loss(p, y), atol=1e-5)
     assert not torch.isclose(out.loss, base(Batch(images=imgs, masks=MaskBatch(context=ctx, targets=tgt))).loss)
+
+
+def test_position_residuals_subtract_the_batch_mean_at_each_position():
+    from jepaflow.objectives.ijepa import position_residuals
+
+    tokens = torch.tensor([[[1.0], [10.0], [99.0]], [[3.0], [20.0], [5.0]]])  # (B=2, K=3, D=1)
+    idx = torch.tensor([[0, 1, 2], [0, 1, 0]])
+    valid = torch.tensor([[True, True, False], [True, True, True]])  # image 0's third token is padding
+    r = position_residuals(tokens, idx, num_positions=4, valid=valid)
+    # position 0 holds 1, 3, 5 (mean 3); position 1 holds 10, 20 (mean 15); the padded 99 counts nowhere
+    torch.testing.assert_close(r[:, :2, 0], torch.tensor([[-2.0, -5.0], [0.0, 5.0]]))
+    assert r[1, 2, 0] == 2.0
+    # padding sits at index 2, whose mean is empty (0): the padded row is left as is and weighted out later
+    assert r[0, 2, 0] == 99.0
+
+
+def test_sigreg_on_tokens_reads_position_residuals_of_valid_context_tokens():
+    from jepaflow.layers.sigreg import sigreg
+    from jepaflow.objectives.ijepa import position_residuals
+
+    base = _objective()
+    obj = IJEPAObjective(IJEPAObjective.Config(sigreg_weight=0.01, sigreg_slices=16, sigreg_on="tokens"),
+                         encoder=base.encoder, predictor=base.predictor)
+    imgs = torch.randn(4, 3, 32, 32)
+    ctx = torch.tensor([[0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5], [1, 2, 3, 6, 7, 8], [0, 2, 4, 6, 0, 0]])
+    valid = torch.tensor([[True] * 6] * 3 + [[True] * 4 + [False] * 2])
+    tgt = torch.tensor([[[10, 11], [14, 15]]] * 4)
+    out = obj(Batch(images=imgs, masks=MaskBatch(context=ctx, targets=tgt, context_valid=valid)))
+    with torch.no_grad():
+        z = obj.encoder(imgs, ctx, valid)
+        r = position_residuals(z, ctx, 16, valid)[valid]  # the 22 valid tokens
+        reg = sigreg(r, obj.sigreg.directions(48, r.device, 0), gather=False)
+    assert torch.isclose(out.metrics["sigreg"], reg, rtol=1e-4)
+    assert torch.isclose(out.loss, out.metrics["pred_loss"] + 0.01 * reg, rtol=1e-5)
